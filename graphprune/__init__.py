@@ -1,0 +1,22 @@
+"""graphprune: a channel-pruning compiler for PyTorch CNNs.
+
+Trace a model with torch.fx, find the channels that are coupled, choose the
+channels to drop, and rewrite the graph into a physically smaller model that
+computes exactly what the masked model computes.
+"""
+
+from .api import PruneResult, Report, prune
+from .config import PruneConfig
+from .criteria import CRITERIA, LayerView, register_criterion
+from .errors import ConfigError, GraphpruneError, PipelineError, TraceError, VerificationError
+from .pipeline import CompileState, Pass, Pipeline
+from .plan import Group, PruningPlan
+from .rules import RULES, register_rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",
+    "Pipeline", "PipelineError", "PruneConfig", "PruneResult", "PruningPlan", "RULES", "Report",
+    "TraceError", "VerificationError", "prune", "register_criterion", "register_rule",
+]

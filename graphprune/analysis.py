@@ -1,0 +1,235 @@
+"""Data of the channel analysis: slots, producers, and the coupled-channel graph.
+
+The analysis pass (``passes/channels.py``) walks the fx graph once and asks the
+op rule of each node (``graphprune/rules``) to propagate channel-identity codes
+(see ``ids.py``). Rules report what they learn through an
+:class:`AnalysisContext`:
+
+- ``fresh(n)``: new raw channel ids for a channel-creating op;
+- ``unify(a, b)``: raw ids that must be kept or dropped together;
+- ``pin(ids, reason)``: raw ids that must never be dropped;
+- ``add_slot(target, dim, ids, writes)``: a parameter or buffer dimension whose
+  indices are those channels (sliced by the rewrite; zeroed by the mask when
+  ``writes``);
+- ``add_producer(...)``: an op that creates channels and has filters to score.
+
+At the end, :meth:`AnalysisContext.finish` resolves the unions into
+*coupled channels* (classes) and returns a :class:`ChannelGraph`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from . import ids as idmod
+
+
+@dataclass
+class Slot:
+    """One dimension of one parameter or buffer, indexed by channels.
+
+    ``ids[i]`` is the raw channel id of index ``i`` along ``dim`` of the tensor
+    named ``target`` (a qualified name in the traced module). ``writes`` marks a
+    slot that writes its channel (a filter, a bias, BatchNorm's gamma and beta):
+    the masked model zeroes it for dropped channels. ``kind`` says what the
+    slot is (``filter``, ``bias``, ``norm_scale``, ``norm_shift``, ``stat``,
+    ``input``, ``param``), for criteria and reports.
+    """
+
+    target: str
+    dim: int
+    ids: torch.Tensor
+    writes: bool
+    kind: str = "param"
+
+
+@dataclass
+class Producer:
+    """A channel-creating op whose filters a criterion scores.
+
+    ``filter_dim`` is the weight dimension that indexes output channels (0 for
+    convs and linears, 1 for transposed convs). ``norm`` is the qualified name
+    of the BatchNorm weight that directly scales this producer's channels, if
+    any (for the BN-gamma criterion).
+    """
+
+    name: str
+    weight: str
+    filter_dim: int
+    ids: torch.Tensor
+    norm: str | None = None
+
+
+@dataclass
+class ChannelGraph:
+    """The result of channel analysis.
+
+    ``class_of[raw_id]`` is the coupled channel (class) of a raw id; class 0 is
+    the pinned class. ``pinned[c]`` says class ``c`` must be kept, and
+    ``pin_reasons[c]`` says why.
+    """
+
+    num_ids: int
+    class_of: torch.Tensor
+    num_classes: int
+    pinned: torch.Tensor
+    pin_reasons: dict[int, str]
+    slots: list[Slot]
+    producers: list[Producer]
+    codes: dict[str, object]
+    rule_names: dict[str, str] = field(default_factory=dict)
+
+    def classes(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.class_of[raw]
+
+    @property
+    def prunable_fraction(self) -> float:
+        """Fraction of produced channels that are not pinned."""
+        total = sum(p.ids.numel() for p in self.producers)
+        if total == 0:
+            return 0.0
+        free = sum(int((~self.pinned[self.class_of[p.ids]]).sum()) for p in self.producers)
+        return free / total
+
+
+class AnalysisContext:
+    """Mutable state shared by the op rules during one analysis walk."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.next_id = 1  # 0 is PINNED
+        self._edges_a: list[torch.Tensor] = []
+        self._edges_b: list[torch.Tensor] = []
+        self._pins: list[tuple[torch.Tensor, str]] = []
+        self.slots: dict[tuple[str, int], Slot] = {}
+        self.producers: dict[str, Producer] = {}
+        self.codes: dict[str, object] = {}
+        self.rule_names: dict[str, str] = {}
+
+    def code(self, arg: object) -> object:
+        """The code(s) recorded for an input of a node (None for non-tensors)."""
+        return self.codes.get(arg.name) if isinstance(arg, fx.Node) else None
+
+    # -- ids --------------------------------------------------------------
+    def fresh(self, count: int) -> torch.Tensor:
+        out = torch.arange(self.next_id, self.next_id + count, dtype=torch.int64)
+        self.next_id += count
+        return out
+
+    def unify(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Couple raw ids ``a[i]`` and ``b[i]`` (broadcast together)."""
+        a, b = torch.broadcast_tensors(a, b)
+        a, b = a.reshape(-1), b.reshape(-1)
+        differ = a != b
+        if bool(differ.any()):
+            self._edges_a.append(a[differ])
+            self._edges_b.append(b[differ])
+
+    def unify_all(self, raw: torch.Tensor) -> None:
+        """Couple every raw id in ``raw`` with each other."""
+        flat = raw.reshape(-1)
+        if flat.numel() > 1:
+            self.unify(flat[:1].expand(flat.numel() - 1), flat[1:])
+
+    def unify_across(self, code: torch.Tensor, keep_dim: int) -> None:
+        """Couple elements that share an index along ``keep_dim``.
+
+        Afterwards the channels of ``code`` are indexed by ``keep_dim`` alone,
+        so any kept set is a product set the compact op can reproduce.
+        """
+        raw = idmod.raw_ids(code).movedim(keep_dim, 0)
+        raw = raw.reshape(raw.shape[0], -1)
+        if raw.shape[1] > 1:
+            self.unify(raw[:, :1].expand(-1, raw.shape[1] - 1), raw[:, 1:])
+
+    def pin(self, raw: torch.Tensor, reason: str) -> None:
+        raw = raw.reshape(-1)
+        if raw.numel():
+            self._pins.append((raw, reason))
+
+    def pin_code(self, code: torch.Tensor, reason: str) -> None:
+        self.pin(idmod.raw_ids(code), reason)
+
+    # -- members ----------------------------------------------------------
+    def add_slot(
+        self, target: str, dim: int, raw: torch.Tensor, writes: bool, kind: str = "param"
+    ) -> None:
+        key = (target, dim)
+        raw = raw.reshape(-1)
+        known = self.slots.get(key)
+        if known is None:
+            self.slots[key] = Slot(target, dim, raw, writes, kind)
+            return
+        # A parameter used twice (a reused module, tied weights): its indices
+        # must mean the same channels at every use.
+        if known.ids.numel() != raw.numel():
+            self.pin(known.ids, f"{target} is used with different channel counts")
+            self.pin(raw, f"{target} is used with different channel counts")
+            return
+        self.unify(known.ids, raw)
+        known.writes = known.writes or writes
+
+    def add_producer(self, name: str, weight: str, filter_dim: int, raw: torch.Tensor) -> None:
+        if weight not in self.producers:
+            self.producers[weight] = Producer(name, weight, filter_dim, raw.reshape(-1))
+
+    # -- resolution -------------------------------------------------------
+    def finish(self) -> ChannelGraph:
+        n = self.next_id
+        if self._edges_a:
+            ea, eb = torch.cat(self._edges_a), torch.cat(self._edges_b)
+        else:
+            ea = eb = torch.empty(0, dtype=torch.int64)
+        root = idmod.connected_components(n, ea, eb)
+        roots, class_of = torch.unique(root, return_inverse=True)
+        num_classes = roots.numel()  # root 0 (pinned) becomes class 0
+
+        pinned = torch.zeros(num_classes, dtype=torch.bool)
+        pinned[0] = True
+        reasons: dict[int, str] = {0: "pinned"}
+        for raw, reason in self._pins:
+            cls = torch.unique(class_of[raw])
+            fresh = cls[~pinned[cls]]
+            pinned[cls] = True
+            for c in fresh.tolist():
+                reasons[c] = reason
+        # A class no producer writes has no filter to drop: keep it.
+        produced = torch.zeros(num_classes, dtype=torch.bool)
+        for p in self.producers.values():
+            produced[class_of[p.ids]] = True
+        orphan = (~produced) & (~pinned)
+        for c in orphan.nonzero().flatten().tolist():
+            reasons[c] = "not written by any prunable layer"
+        pinned |= orphan
+
+        producers = list(self.producers.values())
+        _attach_norms(producers, list(self.slots.values()), n)
+        return ChannelGraph(
+            num_ids=n,
+            class_of=class_of,
+            num_classes=num_classes,
+            pinned=pinned,
+            pin_reasons=reasons,
+            slots=list(self.slots.values()),
+            producers=producers,
+            codes=self.codes,
+            rule_names=self.rule_names,
+        )
+
+
+def _attach_norms(producers: list[Producer], slots: list[Slot], num_ids: int) -> None:
+    """Tie each BatchNorm weight to the single producer whose raw ids it scales."""
+    origin = torch.full((num_ids,), -1, dtype=torch.int64)
+    for index, p in enumerate(producers):
+        origin[p.ids] = index
+    for slot in slots:
+        if slot.kind != "norm_scale":
+            continue
+        owners = torch.unique(origin[slot.ids])
+        if owners.numel() == 1 and int(owners) >= 0:
+            p = producers[int(owners)]
+            if p.norm is None and slot.ids.numel() == p.ids.numel():
+                p.norm = slot.target

@@ -1,0 +1,150 @@
+"""The public entry point: :func:`prune`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .config import PruneConfig
+from .errors import ConfigError
+from .pipeline import CompileState, Pipeline
+from .plan import PruningPlan
+
+
+@dataclass
+class Report:
+    """What a compile did and measured."""
+
+    frontend: str | None
+    params_before: int | None
+    params_after: int | None
+    flops_before: int | None
+    flops_after: int | None
+    max_abs_error: float | None
+    max_rel_error: float | None
+    exact: bool | None
+    verification: Any
+    timings: dict[str, float]
+    prunable_fraction: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(v for k, v in self.timings.items() if k not in ("verify", "measure"))
+
+    def __str__(self) -> str:
+        def ratio(a: int | None, b: int | None) -> str:
+            return f"{a:,} -> {b:,} ({b / a:.1%})" if a and b is not None else "n/a"
+
+        lines = [
+            f"frontend: {self.frontend}",
+            f"params:   {ratio(self.params_before, self.params_after)}",
+            f"FLOPs:    {ratio(self.flops_before, self.flops_after)}",
+            f"verify:   {self.verification if self.verification is not None else 'skipped'}",
+            "time:     " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
+        ]
+        lines += [f"note:     {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneResult:
+    """``compact``: the smaller model; ``masked``: the original with dropped
+    channels zeroed; ``plan``: what was kept and why; ``report``: numbers."""
+
+    compact: fx.GraphModule
+    masked: fx.GraphModule
+    plan: PruningPlan
+    report: Report
+    state: CompileState
+
+
+def _ignore_names(model: nn.Module, ignore: Iterable[Any]) -> tuple[str, ...]:
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for item in ignore:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise ConfigError(f"ignore lists a {type(item).__name__} that is not part of the model")
+            out.append(names[id(item)])
+        else:
+            raise ConfigError(f"ignore takes module names or modules; got {item!r}")
+    return tuple(out)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple,
+    ratio: float = 0.5,
+    criterion: str = "l1",
+    mode: str = "per_layer",
+    coupling: str = "union",
+    ignore: Iterable[Any] = (),
+    min_channels: int = 1,
+    round_to: int = 1,
+    ratios: Mapping[str, float] | None = None,
+    verify: bool | str = True,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+    pipeline: Pipeline | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` into a physically smaller model, verified lossless.
+
+    Example::
+
+        import torch, torchvision, graphprune
+        model = torchvision.models.resnet18()
+        result = graphprune.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5)
+        print(result.report)          # params, FLOPs, max error, time per pass
+        print(result.plan)            # groups, kept channels, what is pinned and why
+        small = result.compact        # an fx.GraphModule, in eval mode
+
+    The input model is not modified. See :class:`~graphprune.config.PruneConfig`
+    for the options; ``pipeline`` runs a custom pass pipeline.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    config = PruneConfig(
+        ratio=ratio,
+        criterion=criterion,
+        mode=mode,
+        coupling=coupling,
+        ignore=_ignore_names(model, ignore),
+        min_channels=min_channels,
+        round_to=round_to,
+        ratios=dict(ratios or {}),
+        verify=verify,
+        tolerance=tolerance,
+        seed=seed,
+    )
+    state = CompileState(model=model, example_inputs=inputs, config=config)
+    (pipeline or Pipeline.default()).run(state, progress)
+    return PruneResult(state.compact, state.masked, state.plan, build_report(state), state)
+
+
+def build_report(state: CompileState) -> Report:
+    m, v = state.measurements, state.verification
+    notes = list(state.notes) + (list(state.plan.notes) if state.plan is not None else [])
+    return Report(
+        frontend=state.frontend,
+        params_before=m.get("params_before"),
+        params_after=m.get("params_after"),
+        flops_before=m.get("flops_before"),
+        flops_after=m.get("flops_after"),
+        max_abs_error=v.max_abs_error if v is not None else None,
+        max_rel_error=v.max_rel_error if v is not None else None,
+        exact=v.exact if v is not None else None,
+        verification=v,
+        timings=dict(state.timings),
+        prunable_fraction=state.channels.prunable_fraction if state.channels is not None else None,
+        notes=notes,
+    )

@@ -1,0 +1,78 @@
+"""Options of one compile, validated once, up front."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+MODES = ("per_layer", "group", "global")
+COUPLINGS = ("union", "intersection")
+VERIFY = (True, False, "report")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how.
+
+    - ``ratio``: fraction of channels to drop, in [0, 1).
+    - ``criterion``: name of a registered criterion (``l1``, ``l2``, ``fpgm``,
+      ``bn``, ``random`` or your own, see :func:`graphprune.register_criterion`).
+    - ``mode``: ``per_layer`` (the paper: each producing layer keeps its own
+      top ``1 - ratio``), ``group`` (one score per coupled channel, the ratio
+      applied per group) or ``global`` (one ranking across groups).
+    - ``coupling``: how per-layer choices of layers writing the same channels
+      combine: ``union`` (lossless) or ``intersection`` (the paper's ablation;
+      the compact model then differs from the masked one).
+    - ``ignore``: module names (or glob patterns) kept exactly as they are.
+    - ``min_channels``: every group keeps at least this many channels (>= 1).
+    - ``round_to``: kept channels per group rounded up to a multiple of this.
+    - ``ratios``: per-module ratio overrides, ``{"layer4.*": 0.7}``.
+    - ``verify``: ``True`` checks compact == masked and raises on mismatch,
+      ``"report"`` records the result only, ``False`` skips it.
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l1"
+    mode: str = "per_layer"
+    coupling: str = "union"
+    ignore: tuple[str, ...] = ()
+    min_channels: int = 1
+    round_to: int = 1
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    verify: bool | str = True
+    tolerance: float = 1e-4
+    seed: int = 0
+    frontend: str = "fx"
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio, "ratio")
+        for pattern, r in dict(self.ratios).items():
+            check_ratio(r, f"ratios[{pattern!r}]")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.coupling not in COUPLINGS:
+            raise ConfigError(f"coupling must be one of {', '.join(COUPLINGS)}; got {self.coupling!r}")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise ConfigError(f"min_channels must be an integer >= 1; got {self.min_channels!r}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be an integer >= 1; got {self.round_to!r}")
+        if self.verify not in VERIFY:
+            raise ConfigError(f"verify must be True, False or 'report'; got {self.verify!r}")
+        if not self.tolerance > 0:
+            raise ConfigError(f"tolerance must be > 0; got {self.tolerance!r}")
+        from .criteria import CRITERIA
+
+        if self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"unknown criterion {self.criterion!r}; registered: {', '.join(sorted(CRITERIA))}"
+            )
+
+
+def check_ratio(ratio: object, name: str) -> None:
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or math.isnan(ratio):
+        raise ConfigError(f"{name} must be a number in [0, 1); got {ratio!r}")
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"{name} must be in [0, 1) (the fraction of channels to drop); got {ratio}")

@@ -1,0 +1,25 @@
+"""Errors graphprune raises. Each says what went wrong and what to do."""
+
+
+class GraphpruneError(Exception):
+    """Base class of every error graphprune raises on purpose."""
+
+
+class ConfigError(GraphpruneError, ValueError):
+    """An option is out of range or names something that does not exist."""
+
+
+class TraceError(GraphpruneError):
+    """The model could not be traced into a graph."""
+
+
+class VerificationError(GraphpruneError):
+    """The compact model does not compute what the masked model computes."""
+
+    def __init__(self, message: str, verification: object = None):
+        super().__init__(message)
+        self.verification = verification
+
+
+class PipelineError(GraphpruneError):
+    """A pass ran before what it needs was there (a custom pipeline out of order)."""

@@ -1,0 +1,34 @@
+"""Built-in passes, one per module, in pipeline order."""
+
+from .channels import ChannelAnalysisPass
+from .groups import GroupPass
+from .mask import MaskPass
+from .measure import MeasurePass
+from .rewrite import RewritePass
+from .score import ScorePass
+from .select import SelectPass
+from .shapes import ShapePass
+from .trace import FRONTENDS, TracePass, register_frontend
+from .verify import Verification, VerifyPass
+
+
+def default_passes() -> list:
+    return [
+        TracePass(),
+        ShapePass(),
+        ChannelAnalysisPass(),
+        GroupPass(),
+        ScorePass(),
+        SelectPass(),
+        MaskPass(),
+        RewritePass(),
+        VerifyPass(),
+        MeasurePass(),
+    ]
+
+
+__all__ = [
+    "ChannelAnalysisPass", "FRONTENDS", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
+    "ScorePass", "SelectPass", "ShapePass", "TracePass", "Verification", "VerifyPass",
+    "default_passes", "register_frontend",
+]

@@ -1,0 +1,110 @@
+"""Channel analysis pass: coupled channels by propagating channel identities.
+
+Walks the graph once in topological order. Each node's op rule (see
+``graphprune/rules``) maps the id codes of its inputs to its output; graph
+inputs, outputs, ignored modules and ops without a rule pin what they touch.
+The result, ``state.channels``, is a :class:`~graphprune.analysis.ChannelGraph`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from typing import Any
+
+import torch.fx as fx
+
+from .. import ids
+from ..analysis import AnalysisContext
+from ..errors import ConfigError
+from ..pipeline import CompileState
+from ..rules import RULES, TensorMeta, UnknownOpRule
+from ..rules.base import has_tensor, opaque, value
+
+UNKNOWN = UnknownOpRule()
+
+
+def resolve_ignore(gm: fx.GraphModule, patterns: tuple[str, ...]) -> set[str]:
+    """Module names matched by ``patterns`` (exact names or glob patterns)."""
+    names = [n for n, _ in gm.named_modules() if n]
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"ignore names {pattern!r}, but the model has no such module{hint}")
+        matched.update(hits)
+    return matched
+
+
+def _owner(target: str) -> str:
+    return target.rsplit(".", 1)[0] if "." in target else ""
+
+
+class ChannelAnalysisPass:
+    name = "channels"
+    requires = ("graph",)
+    provides = ("channels",)
+
+    def __call__(self, state: CompileState) -> None:
+        gm = state.graph
+        ctx = AnalysisContext(gm)
+        for node in gm.graph.nodes:
+            ctx.codes[node.name] = self.visit(node, ctx, state)
+        ignored = resolve_ignore(gm, tuple(state.config.ignore))
+        for slot in ctx.slots.values():
+            owner = _owner(slot.target)
+            if any(owner == m or owner.startswith(m + ".") for m in ignored):
+                ctx.pin(slot.ids, f"module {owner!r} is ignored")
+        state.channels = ctx.finish()
+
+    def visit(self, node: fx.Node, ctx: AnalysisContext, state: CompileState) -> Any:
+        if node.op == "placeholder":
+            return opaque(node, ctx, f"reaches the model input {node.name!r}")
+        if node.op == "get_attr":
+            return self.attribute(node, ctx)
+        if node.op == "output":
+            reason = "reaches the model output"
+            fx.node.map_arg(node.args, lambda n: self._pin_all(ctx, ctx.code(n), reason))
+            return None
+        if not has_tensor(value(node)):
+            return None
+        rule = RULES.lookup(node, ctx.gm)
+        code = None
+        if rule is not None:
+            try:
+                code = rule.analyze(node, ctx)
+            except Exception as exc:  # a rule that fails must not make a wrong model
+                if os.environ.get("GRAPHPRUNE_STRICT_RULES"):
+                    raise
+                state.notes.append(f"rule {rule.name!r} failed on node {node.name} ({exc}); its channels are pinned")
+                code = None
+            if code is not None:
+                ctx.rule_names.setdefault(node.name, rule.name)
+        if code is None:
+            ctx.rule_names[node.name] = UNKNOWN.name
+            code = UNKNOWN.analyze(node, ctx)
+        return code
+
+    @staticmethod
+    def _pin_all(ctx: AnalysisContext, code: Any, reason: str) -> None:
+        fx.node.map_aggregate(code, lambda c: ctx.pin_code(c, reason) if c is not None and hasattr(c, "ndim") else c)
+
+    @staticmethod
+    def attribute(node: fx.Node, ctx: AnalysisContext) -> Any:
+        """A parameter or buffer read in ``forward`` (ConvNeXt's layer scale, a
+        bias added by hand): sliceable along its one non-trivial dim."""
+        meta = value(node)
+        if not isinstance(meta, TensorMeta):
+            return None
+        big = [d for d, s in enumerate(meta.shape) if s > 1]
+        if len(big) != 1:
+            return opaque(node, ctx, f"constant tensor {node.target!r} is used in forward")
+        dim = big[0]
+        raw = ctx.fresh(meta.shape[dim])
+        ctx.add_slot(str(node.target), dim, raw, writes=True, kind="param")
+        shape = [1] * meta.ndim
+        shape[dim] = meta.shape[dim]
+        return ids.encode(raw.reshape(shape), True)

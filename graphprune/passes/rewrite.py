@@ -1,0 +1,93 @@
+"""Rewrite pass: the compact model, physically smaller.
+
+Starts from the masked model (the compact model must compute what the masked
+model computes, including channels a layer zeroed but the union kept), slices every parameter and buffer indexed by channels to the kept channels,
+then lets each node's op rule fix what the node encodes about channel counts
+(module attributes such as ``in_channels`` and ``groups``; split sizes, view
+shapes and slice bounds in the graph).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .. import ids
+from ..analysis import ChannelGraph
+from ..pipeline import CompileState
+from ..plan import PruningPlan
+from ..rules import RULES
+from ..rules.base import TensorMeta, value
+from ..tensors import get_tensor, set_tensor
+
+
+class RewriteContext:
+    """What a rule's ``rewrite`` may ask about the compact graph."""
+
+    def __init__(self, gm: fx.GraphModule, plan: PruningPlan):
+        self.gm = gm
+        self.plan = plan
+        self.analysis: ChannelGraph = plan.channels
+
+    def kept(self, code: torch.Tensor) -> torch.Tensor:
+        return self.plan.class_kept[self.analysis.class_of[ids.raw_ids(code)]]
+
+    def _along(self, code: torch.Tensor, dim: int) -> torch.Tensor:
+        keep = self.kept(code)
+        others = tuple(d for d in range(keep.ndim) if d != dim)
+        return keep.any(dim=others) if others else keep
+
+    def compact_size(self, code: torch.Tensor, shape: Any, dim: int) -> int:
+        dim = dim % len(shape)
+        if code.shape[dim] == 1:
+            return int(shape[dim])
+        return int(self._along(code, dim).sum())
+
+    def compact_shape(self, node: fx.Node) -> list[int] | None:
+        code, meta = self.analysis.codes.get(node.name), value(node)
+        if not isinstance(code, torch.Tensor) or not isinstance(meta, TensorMeta):
+            return None
+        return [self.compact_size(code, meta.shape, d) for d in range(meta.ndim)]
+
+    def kept_prefix(self, node: fx.Node, dim: int) -> torch.Tensor | None:
+        """Kept positions before each index along ``dim`` of ``node``'s output
+        (length size + 1), or None where nothing along ``dim`` is dropped."""
+        code = self.analysis.codes.get(node.name)
+        if not isinstance(code, torch.Tensor) or code.shape[dim % code.ndim] == 1:
+            return None
+        along = self._along(code, dim % code.ndim)
+        return torch.cat([torch.zeros(1, dtype=torch.int64), along.cumsum(0)])
+
+
+def slice_parameters(gm: fx.GraphModule, plan: PruningPlan) -> None:
+    with torch.no_grad():
+        for slot in plan.channels.slots:
+            keep = plan.kept(slot.ids)
+            if bool(keep.all()):
+                continue
+            tensor = get_tensor(gm, slot.target)
+            set_tensor(gm, slot.target, tensor.index_select(slot.dim, keep.nonzero().flatten()).clone())
+
+
+class RewritePass:
+    name = "rewrite"
+    requires = ("masked", "plan")
+    provides = ("compact",)
+
+    def __call__(self, state: CompileState) -> None:
+        compact = copy.deepcopy(state.masked)
+        slice_parameters(compact, state.plan)
+        rw = RewriteContext(compact, state.plan)
+        for node in list(compact.graph.nodes):
+            rule = RULES.lookup(node, compact) if node.op.startswith("call_") else None
+            if rule is None or not hasattr(rule, "rewrite"):
+                continue
+            if state.channels.rule_names.get(node.name) == "unknown":
+                continue  # pinned: nothing about it changes
+            rule.rewrite(node, rw)
+        compact.graph.lint()
+        compact.recompile()
+        state.compact = compact.eval()

@@ -1,0 +1,155 @@
+"""Select pass: scores and groups become a :class:`~graphprune.plan.PruningPlan`.
+
+Modes (see :class:`~graphprune.config.PruneConfig`):
+
+- ``per_layer`` (the paper): each producing layer keeps its own top
+  ``1 - ratio`` filters; layers writing the same coupled channel combine their
+  choices by union (kept if any keeps it: lossless) or intersection (kept only
+  if all keep it: the paper's ablation). The masked model zeroes each layer's
+  own dropped filters.
+- ``group``: one aggregated score per coupled channel; each group keeps its top
+  ``1 - ratio``.
+- ``global``: scores normalised per group, one ranking across all groups.
+
+Pinned channels are always kept and count toward what a layer keeps; every
+group keeps ``min_channels``; ``round_to`` rounds each group's kept count up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+
+from ..config import PruneConfig
+from ..pipeline import CompileState
+from ..plan import PruningPlan
+
+
+def keep_count(n: int, ratio: float, min_channels: int) -> int:
+    """Channels kept of ``n`` at ``ratio``: ceil((1 - ratio) n), at least min."""
+    dropped = math.floor(round(ratio * n, 6))
+    return min(n, max(min_channels, n - dropped))
+
+
+def top_keep(scores: torch.Tensor, pinned: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep the pinned entries plus the best-scored others, ``count`` in all."""
+    keep = pinned.clone()
+    extra = count - int(pinned.sum())
+    if extra > 0:
+        free = (~pinned).nonzero().flatten()
+        order = torch.argsort(scores[free], descending=True, stable=True)
+        keep[free[order[:extra]]] = True
+    return keep
+
+
+def ratio_for(config: PruneConfig, module: str) -> float:
+    for pattern, ratio in dict(config.ratios).items():
+        if module == pattern or fnmatch.fnmatchcase(module, pattern):
+            return float(ratio)
+    return config.ratio
+
+
+def class_scores(state: CompileState) -> torch.Tensor:
+    """One score per class: mean over the layers writing it of each layer's
+    scores divided by that layer's mean score (so layers of different scale
+    weigh alike)."""
+    channels = state.channels
+    total = torch.zeros(channels.num_classes, dtype=torch.float64)
+    count = torch.zeros(channels.num_classes, dtype=torch.float64)
+    for p in channels.producers:
+        s = state.scores[p.weight].double()
+        s = s / s.abs().mean().clamp_min(1e-12)
+        cls = channels.class_of[p.ids]
+        total.index_add_(0, cls, s)
+        count.index_add_(0, cls, torch.ones_like(s))
+    return total / count.clamp_min(1)
+
+
+class SelectPass:
+    name = "select"
+    requires = ("channels", "groups", "scores")
+    provides = ("plan",)
+
+    def __call__(self, state: CompileState) -> None:
+        config, channels = state.config, state.channels
+        pinned = channels.pinned
+        scores = class_scores(state)
+        class_kept = pinned.clone()
+        raw_override: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        if config.mode == "per_layer":
+            any_keep = torch.zeros_like(pinned)
+            any_drop = torch.zeros_like(pinned)
+            for p in channels.producers:
+                cls = channels.class_of[p.ids]
+                unique, inverse = torch.unique(cls, return_inverse=True)
+                row = state.scores[p.weight].double()
+                per_class = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, row)
+                per_class /= torch.bincount(inverse, minlength=unique.numel()).double()
+                n_keep = keep_count(unique.numel(), ratio_for(config, p.name), config.min_channels)
+                keep = top_keep(per_class, pinned[unique], n_keep)
+                any_keep[unique[keep]] = True
+                any_drop[unique[~keep]] = True
+                raw_override.append((p.ids, ~keep[inverse]))
+            if config.coupling == "union":
+                class_kept |= any_keep
+            else:
+                class_kept |= any_keep & ~any_drop
+        elif config.mode == "group":
+            for g in state.groups:
+                ratio = min(ratio_for(config, name) for name in g.producers)
+                n_keep = keep_count(g.size, ratio, config.min_channels)
+                class_kept[g.classes] = top_keep(scores[g.classes], g.pinned, n_keep)
+        else:
+            self._global(state, scores, class_kept)
+
+        before_rounding = class_kept.clone()
+        for g in state.groups:
+            kept = class_kept[g.classes]
+            floor = min(g.size, max(config.min_channels, 0))
+            target = min(g.size, max(floor, math.ceil(int(kept.sum()) / config.round_to) * config.round_to))
+            if target > int(kept.sum()):
+                class_kept[g.classes] = top_keep(scores[g.classes], kept, target)
+
+        self._keep_one_per_slot(channels, scores, class_kept)
+
+        raw_dropped = ~class_kept[channels.class_of]
+        for raw, dropped in raw_override:
+            raw_dropped[raw] = dropped
+        # Channels added back by rounding are kept whole, not masked.
+        added = class_kept & ~before_rounding
+        raw_dropped &= ~added[channels.class_of]
+        state.plan = PruningPlan(channels, state.groups, class_kept, raw_dropped, config.mode, config.coupling)
+
+    @staticmethod
+    def _keep_one_per_slot(channels, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+        """No parameter may lose every index (a split piece whose channels were
+        all dropped would leave a conv with no input): keep its best channel."""
+        for slot in channels.slots:
+            cls = channels.class_of[slot.ids]
+            if not bool(class_kept[cls].any()):
+                class_kept[cls[torch.argmax(scores[cls])]] = True
+
+    @staticmethod
+    def _global(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+        config = state.config
+        protected = class_kept.clone()
+        normalised = scores.clone()
+        for g in state.groups:
+            free = g.classes[~g.pinned]
+            if free.numel():
+                normalised[free] = scores[free] / scores[free].abs().mean().clamp_min(1e-12)
+            need = config.min_channels - int(g.pinned.sum())
+            if need > 0 and free.numel():
+                best = free[torch.argsort(scores[free], descending=True, stable=True)[:need]]
+                protected[best] = True
+        candidates = torch.cat([g.classes for g in state.groups]) if state.groups else torch.empty(0, dtype=torch.int64)
+        candidates = candidates[~protected[candidates]]
+        prunable = sum(g.prunable for g in state.groups)
+        n_drop = min(candidates.numel(), math.floor(round(config.ratio * prunable, 6)))
+        order = torch.argsort(normalised[candidates], stable=True)
+        class_kept[candidates] = True
+        class_kept[candidates[order[:n_drop]]] = False
+        class_kept |= protected

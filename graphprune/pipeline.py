@@ -1,0 +1,112 @@
+"""The pass pipeline: an ordered list of passes over one shared state.
+
+A pass is any object with a ``name``, the state fields it ``requires`` and
+``provides``, and ``__call__(state)``. The pipeline checks that what a pass
+requires is there before running it and times every pass. Users build their
+own pipeline from the default one without editing graphprune::
+
+    pipeline = Pipeline.default().insert_after("score", MyScoreTweak())
+    result = graphprune.prune(model, x, pipeline=pipeline)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .config import PruneConfig
+from .errors import PipelineError
+
+
+class Pass(Protocol):
+    name: str
+    requires: tuple[str, ...]
+    provides: tuple[str, ...]
+
+    def __call__(self, state: CompileState) -> None: ...
+
+
+@dataclass
+class CompileState:
+    """Everything the passes read and write during one compile."""
+
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    config: PruneConfig
+    graph: fx.GraphModule | None = None
+    frontend: str | None = None
+    channels: Any = None  # analysis.ChannelGraph
+    groups: Any = None  # list[plan.Group]
+    scores: dict[str, torch.Tensor] | None = None
+    plan: Any = None  # plan.PruningPlan
+    masked: fx.GraphModule | None = None
+    compact: fx.GraphModule | None = None
+    verification: Any = None  # passes.verify.Verification
+    measurements: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, passes: Iterable[Pass]):
+        self.passes: list[Pass] = list(passes)
+        names = self.names
+        if len(set(names)) != len(names):
+            raise PipelineError(f"pass names must be unique; got {names}")
+
+    @classmethod
+    def default(cls) -> Pipeline:
+        from .passes import default_passes
+
+        return cls(default_passes())
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise PipelineError(f"no pass named {name!r}; passes: {', '.join(self.names)}") from None
+
+    def insert_before(self, name: str, new: Pass) -> Pipeline:
+        i = self._index(name)
+        return Pipeline(self.passes[:i] + [new] + self.passes[i:])
+
+    def insert_after(self, name: str, new: Pass) -> Pipeline:
+        i = self._index(name) + 1
+        return Pipeline(self.passes[:i] + [new] + self.passes[i:])
+
+    def replace(self, name: str, new: Pass) -> Pipeline:
+        i = self._index(name)
+        return Pipeline(self.passes[:i] + [new] + self.passes[i + 1 :])
+
+    def remove(self, name: str) -> Pipeline:
+        i = self._index(name)
+        return Pipeline(self.passes[:i] + self.passes[i + 1 :])
+
+    def run(self, state: CompileState, progress: Callable[[str], None] | None = None) -> CompileState:
+        for p in self.passes:
+            missing = [f for f in getattr(p, "requires", ()) if getattr(state, f, None) is None]
+            if missing:
+                raise PipelineError(
+                    f"pass {p.name!r} needs {', '.join(missing)}, which no earlier pass provided "
+                    f"(pipeline: {', '.join(self.names)})"
+                )
+            if progress is not None:
+                progress(p.name)
+            start = time.perf_counter()
+            p(state)
+            state.timings[p.name] = time.perf_counter() - start
+        return state
+
+    def __repr__(self) -> str:
+        return f"Pipeline({' -> '.join(self.names)})"

@@ -1,0 +1,145 @@
+"""Channel-creating ops: convolutions and linear layers.
+
+A dense conv gives its output fresh channel ids; its weight's output dim
+*writes* them and its input dim *consumes* the incoming ids. A depthwise conv
+(one filter per input channel) passes ids through. Other grouped convs couple
+channels at the same position in every group, so that pruning removes the same
+positions from each group and ``groups`` stays valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .. import ids
+from .base import channel_line, describe, qualified, value
+from .registry import register_rule
+
+
+def consume(ctx: Any, node: fx.Node, code: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
+    """The raw id of each of the ``size`` channels along ``dim`` that an op
+    reads, checking that dropped channels arrive as exact zeros: a channel
+    that is not zero there is pinned."""
+    line = channel_line(ctx, node, code, dim, size)
+    if line is None:
+        return None
+    nonzero = ~ids.zero_bits(line)
+    if bool(nonzero.any()):
+        ctx.pin(
+            ids.raw_ids(line[nonzero]),
+            f"not zero when dropped where {describe(node)} (node {node.name}) reads it "
+            "(it passes an op that does not map 0 to 0, such as a bias, sigmoid or + constant)",
+        )
+    return ids.raw_ids(line)
+
+
+def out_code(raw: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim % ndim] = raw.numel()
+    return ids.encode(raw.reshape(shape), True)
+
+
+class ConvRule:
+    """nn.Conv1d/2d/3d (weight: out, in/groups, k...)."""
+
+    name = "conv"
+    transposed = False
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        module = ctx.gm.get_submodule(node.target)
+        x = node.args[0]
+        meta = value(x)
+        code = ctx.code(x)
+        path = str(node.target)
+        weight, bias = qualified(path, "weight"), qualified(path, "bias")
+        out_ndim = value(node).ndim
+        in_ch, groups = module.in_channels, module.groups
+        out_ch = module.out_channels
+        out_dim, in_dim = (1, 0) if self.transposed else (0, 1)
+
+        incoming = consume(ctx, node, code, 1, meta.shape[1])
+        if incoming is None:
+            incoming = ctx.fresh(in_ch)
+            ctx.pin(incoming, f"input of {describe(node)} could not be followed")
+
+        if groups == 1:
+            raw = ctx.fresh(out_ch)
+            ctx.add_slot(weight, in_dim, incoming, writes=False, kind="input")
+            ctx.add_producer(path, weight, out_dim, raw)
+            ctx.add_slot(weight, out_dim, raw, writes=True, kind="filter")
+        elif groups == in_ch and out_ch == in_ch:
+            # depthwise: output channel c is input channel c, filter c writes it
+            ctx.rule_names[node.name] = "depthwise"
+            raw = incoming
+            ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
+        elif not self.transposed:
+            per_in = incoming.reshape(groups, in_ch // groups)
+            ctx.unify(per_in[:1].expand_as(per_in), per_in)
+            raw = ctx.fresh(out_ch)
+            per_out = raw.reshape(groups, out_ch // groups)
+            ctx.unify(per_out[:1].expand_as(per_out), per_out)
+            ctx.add_slot(weight, 1, per_in[0], writes=False, kind="input")
+            ctx.add_producer(path, weight, 0, raw)
+            ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
+        else:
+            reason = f"grouped transposed conv {describe(node)} is not pruned"
+            ctx.pin(incoming, reason)
+            raw = ctx.fresh(out_ch)
+            ctx.pin(raw, reason)
+            return out_code(raw, out_ndim, 1)
+        if module.bias is not None:
+            ctx.add_slot(bias, 0, raw, writes=True, kind="bias")
+        return out_code(raw, out_ndim, 1)
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        module = rw.gm.get_submodule(node.target)
+        w = module.weight
+        if module.groups == module.in_channels == module.out_channels and module.groups > 1:
+            module.groups = module.in_channels = module.out_channels = w.shape[0]
+        elif self.transposed:
+            module.in_channels = w.shape[0]
+            module.out_channels = w.shape[1] * module.groups
+        else:
+            module.out_channels = w.shape[0]
+            module.in_channels = w.shape[1] * module.groups
+
+
+class ConvTransposeRule(ConvRule):
+    """nn.ConvTranspose1d/2d/3d (weight: in, out/groups, k...)."""
+
+    name = "conv_transpose"
+    transposed = True
+
+
+class LinearRule:
+    name = "linear"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        module = ctx.gm.get_submodule(node.target)
+        x = node.args[0]
+        path = str(node.target)
+        weight, bias = qualified(path, "weight"), qualified(path, "bias")
+        incoming = consume(ctx, node, ctx.code(x), -1, module.in_features)
+        if incoming is None:
+            incoming = ctx.fresh(module.in_features)
+            ctx.pin(incoming, f"input of {describe(node)} could not be followed")
+        raw = ctx.fresh(module.out_features)
+        ctx.add_slot(weight, 1, incoming, writes=False, kind="input")
+        ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
+        if module.bias is not None:
+            ctx.add_slot(bias, 0, raw, writes=True, kind="bias")
+        ctx.add_producer(path, weight, 0, raw)
+        return out_code(raw, value(node).ndim, -1)
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        module = rw.gm.get_submodule(node.target)
+        module.out_features, module.in_features = module.weight.shape
+
+
+register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)(ConvRule)
+register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvTransposeRule)
+register_rule(nn.Linear)(LinearRule)

@@ -1,0 +1,88 @@
+"""Element-wise n-ary ops: add, sub, mul, div, maximum, minimum.
+
+The ids that meet at an element are unified: a residual add couples the
+channels of its operands, an SE gate couples its gate to the gated channels.
+The output gets fresh ids unified with each operand, so a mask downstream of
+the op follows the coupled channel, not one operand's producer.
+
+Zero bits combine by the op's algebra: a sum is zero only if every addend is
+(so union is the lossless way to combine per-layer masks), a product if any
+factor is, a quotient if its numerator is (a denominator that may be zero is
+pinned). With one tensor operand (``x + 1``, ``x * 0.5``) the op is per-channel
+and handled like an activation.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .. import ids
+from .base import TensorMeta, describe, tensor_args, value
+from .pointwise import PointwiseRule
+from .registry import register_rule
+
+
+class ElementwiseRule:
+    name = "elementwise"
+    combine = "sum"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        inputs = tensor_args(node)
+        if len(inputs) == 1:
+            return PointwiseRule().analyze(node, ctx)
+        out = value(node)
+        if len(inputs) == 0 or not isinstance(out, TensorMeta):
+            return None
+        ndim = out.ndim
+        operands = []
+        for arg in inputs:
+            code = ctx.code(arg)
+            real = (1,) * (ndim - value(arg).ndim) + tuple(value(arg).shape)
+            code = code.reshape((1,) * (ndim - code.ndim) + tuple(code.shape))
+            broadcast = {d for d in range(ndim) if real[d] == 1 and out.shape[d] > 1}
+            operands.append((arg, code, broadcast))
+        varying = {d for _, code, _ in operands for d in ids.varying_dims(code)}
+        shape = torch.broadcast_shapes(*(code.shape for _, code, _ in operands))
+        raw = ctx.fresh(math.prod(shape)).reshape(shape)
+        for _, code, broadcast in operands:
+            if broadcast & varying:
+                # One value read by many channels: it cannot follow any of them.
+                ctx.pin_code(code, f"broadcast across channels by {describe(node)} (node {node.name})")
+            else:
+                ctx.unify(raw, ids.raw_ids(code))
+        zeros = [ids.zero_bits(code) for _, code, _ in operands]
+        if self.combine == "sum":
+            zero = torch.stack(torch.broadcast_tensors(*zeros)).all(0)
+        elif self.combine == "product":
+            zero = torch.stack(torch.broadcast_tensors(*zeros)).any(0)
+        else:  # quotient: numerator / denominator
+            numerator, denominator = operands[0][1], operands[1][1]
+            maybe_zero = ids.zero_bits(denominator)
+            if bool(maybe_zero.any()):
+                ctx.pin(
+                    ids.raw_ids(denominator)[maybe_zero],
+                    f"divides by a channel that would be zero, in {describe(node)} (node {node.name})",
+                )
+            zero = ids.zero_bits(numerator).expand(shape)
+        return ids.encode(raw, zero.expand(shape))
+
+
+class ProductRule(ElementwiseRule):
+    combine = "product"
+
+
+class QuotientRule(ElementwiseRule):
+    combine = "quotient"
+
+
+register_rule(
+    operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+    "add", "add_", "sub", "sub_", torch.maximum, torch.minimum, "maximum", "minimum",
+)(ElementwiseRule)
+register_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")(ProductRule)
+register_rule(operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_")(QuotientRule)

@@ -1,0 +1,232 @@
+"""Layout ops: view/reshape, flatten, permute/transpose, cat/stack, split/chunk,
+getitem/narrow, squeeze/unsqueeze, expand, channel shuffle.
+
+The rule runs the op itself on the full-size code tensor of its inputs: the
+result *is* the channel mapping. Concatenation offsets ("index alignment"),
+flatten into a linear layer and channel shuffle all fall out of this without a
+special case.
+
+When the output's channels vary along two or more dims (a reshape that splits
+the channel dim into groups, as channel shuffle does), a compact tensor can
+only be a product set. The rule couples elements that share an index along the
+dim with the most distinct channels, so pruning removes the same positions
+from every group.
+
+The rewrite updates what the graph encodes about channel counts: literal
+view/reshape/expand sizes, split sizes (a chunk becomes a split with the kept
+counts, since the kept halves need not be equal), slice bounds.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.node import map_aggregate
+
+from .. import ids
+from .base import TensorMeta, call, describe, substitute, tensor_args, value
+from .registry import register_rule
+
+
+def finish(ctx: Any, code: torch.Tensor) -> torch.Tensor:
+    code = ids.compress(code)
+    varying = ids.varying_dims(code)
+    if len(varying) >= 2:
+        keep_dim = max(varying, key=lambda d: (ids.distinct_runs(code, d), -d))
+        ctx.unify_across(code, keep_dim)
+    return code
+
+
+class LayoutRule:
+    name = "layout"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        args, kwargs = substitute(node, lambda n: ids.materialize(ctx.code(n), value(n).shape))
+        try:
+            out = call(node, ctx.gm, args, kwargs)
+        except Exception:  # the op refuses integer tensors: let the unknown rule pin it
+            return None
+        return map_aggregate(out, lambda t: finish(ctx, t) if isinstance(t, torch.Tensor) else None)
+
+
+def index_entries(index: Any, ndim: int) -> list[tuple[int, int, Any]]:
+    """(position in the index, input dim it reads, entry) for each int/slice
+    entry of a getitem index."""
+    entries = list(index) if isinstance(index, tuple) else [index]
+    used = sum(1 for e in entries if e is not None and e is not Ellipsis)
+    out: list[tuple[int, int, Any]] = []
+    dim = 0
+    for position, entry in enumerate(entries):
+        if entry is Ellipsis:
+            dim += ndim - used
+        elif entry is None:
+            continue
+        else:
+            out.append((position, dim, entry))
+            dim += 1
+    return out
+
+
+class GetItemRule(LayoutRule):
+    """``x[i]`` on a tuple (split outputs) or indexing a tensor."""
+
+    name = "getitem"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        source, index = node.args[0], node.args[1]
+        if not isinstance(value(source), TensorMeta):
+            codes = ctx.code(source)
+            if isinstance(codes, (tuple, list)) and isinstance(index, int):
+                return codes[index]
+            return None
+        if tensor_args(node) != [source]:
+            return None  # advanced indexing with a tensor: no rule
+        code = ctx.code(source)
+        varying = set(ids.varying_dims(code))
+        for _, dim, entry in index_entries(index, code.ndim):
+            step = entry.step if isinstance(entry, slice) else None
+            if dim in varying and (isinstance(entry, int) or step not in (None, 1)):
+                ctx.pin_code(code, f"indexed channel by channel by {describe(node)} (node {node.name})")
+                break
+        return super().analyze(node, ctx)
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        source, index = node.args[0], node.args[1]
+        if not isinstance(value(source), TensorMeta):
+            return
+        new = list(index) if isinstance(index, tuple) else [index]
+        for position, dim, entry in index_entries(index, value(source).ndim):
+            cum = rw.kept_prefix(source, dim)
+            if cum is None:
+                continue
+            size = cum.numel() - 1
+            if isinstance(entry, int):
+                new[position] = int(cum[entry % size])
+            elif isinstance(entry, slice):
+                start, stop, _ = entry.indices(size)
+                new[position] = slice(int(cum[start]), int(cum[max(stop, start)]), entry.step)
+        node.args = (source, tuple(new) if isinstance(index, tuple) else new[0])
+
+
+class ShapeArgsRule(LayoutRule):
+    """view/reshape/expand: literal sizes become the compact sizes."""
+
+    name = "reshape"
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        sizes = rw.compact_shape(node)
+        if sizes is None:
+            return
+        first = 1
+        shape_args = node.args[first:]
+        packed = len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list))
+        if not shape_args and "shape" in node.kwargs:
+            shape_args, packed = (node.kwargs["shape"],), True
+        items = list(shape_args[0] if packed else shape_args)
+        for i, item in enumerate(items):
+            if isinstance(item, int) and item != -1 and i < len(sizes):
+                items[i] = sizes[i]
+        if "shape" in node.kwargs and len(node.args) == 1:
+            node.kwargs = {**node.kwargs, "shape": tuple(items)}
+        else:
+            node.args = (node.args[0], tuple(items)) if packed else (node.args[0], *items)
+
+
+def split_dim(node: fx.Node) -> int:
+    if len(node.args) > 2:
+        return node.args[2]
+    return node.kwargs.get("dim", 0)
+
+
+class SplitRule(LayoutRule):
+    """split/chunk: the pieces get the kept counts of their channels."""
+
+    name = "split"
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        source = node.args[0]
+        dim = split_dim(node) % value(source).ndim
+        if rw.kept_prefix(source, dim) is None:
+            return
+        pieces = rw.analysis.codes[node.name]
+        metas = value(node)
+        sizes = [rw.compact_size(code, meta.shape, dim) for code, meta in zip(pieces, metas)]
+        node.kwargs = {}
+        node.args = (source, sizes, dim)
+        if node.op == "call_method":
+            node.target = "split"
+        else:
+            node.target = torch.split
+
+
+class NarrowRule(LayoutRule):
+    name = "narrow"
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        source, dim, start, length = node.args[:4]
+        dim = dim % value(source).ndim
+        cum = rw.kept_prefix(source, dim)
+        if cum is None:
+            return
+        new_start = int(cum[start])
+        node.args = (source, dim, new_start, int(cum[start + length]) - new_start)
+
+
+class UnflattenRule(LayoutRule):
+    name = "unflatten"
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        sizes = rw.compact_shape(node)
+        if sizes is None:
+            return
+        if node.op == "call_module":
+            module = rw.gm.get_submodule(node.target)
+            d = module.dim % len(sizes)
+            module.unflattened_size = tuple(sizes[d : d + len(module.unflattened_size)])
+            return
+        source, dim, old = node.args[0], node.args[1], node.args[2]
+        d = dim % len(sizes)
+        node.args = (source, dim, tuple(-1 if o == -1 else s for o, s in zip(old, sizes[d : d + len(old)])))
+
+
+class ChannelShuffleRule:
+    """Channel shuffle is view(n, g, c/g, ...) -> transpose(1, 2) -> view(n, c, ...).
+
+    Replaying that decomposition on the ids couples the same position in every
+    group, which the compact shuffle needs (it splits its *kept* channels into
+    g equal groups at run time)."""
+
+    name = "channel_shuffle"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        x = node.args[0]
+        if node.op == "call_module":
+            groups = ctx.gm.get_submodule(node.target).groups
+        else:
+            groups = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
+        shape = tuple(value(x).shape)
+        full = ids.materialize(ctx.code(x), shape)
+        grid = full.reshape(shape[0], groups, shape[1] // groups, *shape[2:])
+        finish(ctx, grid)
+        return finish(ctx, grid.transpose(1, 2).reshape(shape))
+
+
+register_rule(
+    torch.flatten, torch.permute, torch.transpose, torch.swapaxes, torch.cat, torch.concat,
+    torch.concatenate, torch.unsqueeze, torch.squeeze, torch.stack, torch.movedim,
+    torch.t,
+    "flatten", "permute", "transpose", "unsqueeze", "squeeze", "movedim", "t",
+    "expand_as", "view_as", "reshape_as", "repeat",
+    nn.Flatten,
+)(LayoutRule)
+register_rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle)(ChannelShuffleRule)
+register_rule(operator.getitem)(GetItemRule)
+register_rule(torch.reshape, "view", "reshape", "expand")(ShapeArgsRule)
+register_rule(torch.split, torch.chunk, "split", "chunk")(SplitRule)
+register_rule(torch.narrow, "narrow")(NarrowRule)
+register_rule(torch.unflatten, "unflatten", nn.Unflatten)(UnflattenRule)

@@ -1,0 +1,71 @@
+"""Normalisation layers.
+
+BatchNorm is per-channel: its gamma and beta *write* the channel (the masked
+model zeroes them, so a dropped channel leaves BN as an exact zero), its
+running statistics are sliced with it.
+
+LayerNorm, GroupNorm and LocalResponseNorm mix channels: the statistics of a
+kept channel depend on the dropped ones, so the channels they normalise over
+are pinned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ids
+from .base import channel_line, describe, qualified, tensor_args, value
+from .registry import register_rule
+
+
+class BatchNormRule:
+    name = "batch_norm"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        module = ctx.gm.get_submodule(node.target)
+        x = node.args[0]
+        code = ctx.code(x)
+        path = str(node.target)
+        line = channel_line(ctx, node, code, 1, value(x).shape[1])
+        if line is None:
+            return code
+        raw = ids.raw_ids(line)
+        if module.affine:
+            ctx.add_slot(qualified(path, "weight"), 0, raw, writes=True, kind="norm_scale")
+            ctx.add_slot(qualified(path, "bias"), 0, raw, writes=True, kind="norm_shift")
+        if module.running_mean is not None:
+            ctx.add_slot(qualified(path, "running_mean"), 0, raw, writes=False, kind="stat")
+            ctx.add_slot(qualified(path, "running_var"), 0, raw, writes=False, kind="stat")
+        # Without gamma/beta to mask, (0 - mean) / std is not zero.
+        return code if module.affine else ids.with_zero(code, False)
+
+    def rewrite(self, node: fx.Node, rw: Any) -> None:
+        module = rw.gm.get_submodule(node.target)
+        source = module.weight if module.affine else module.running_mean
+        if source is not None:
+            module.num_features = source.shape[0]
+
+
+class ChannelMixingNormRule:
+    """Normalisation whose statistics span channels: pin what it normalises."""
+
+    name = "channel_mixing_norm"
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+        reason = f"normalised together by {describe(node)} (node {node.name}), which mixes channels"
+        for arg in tensor_args(node):
+            code = ctx.code(arg)
+            if code is not None:
+                ctx.pin_code(code, reason)
+        return ids.with_zero(ctx.code(node.args[0]), False)
+
+
+register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNormRule)
+register_rule(
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, F.layer_norm, F.group_norm, F.local_response_norm
+)(ChannelMixingNormRule)
+

@@ -1,0 +1,89 @@
+"""The op-rule registry: one rule per op kind, looked up per fx node.
+
+A rule is an object with
+
+- ``name``: a short label for reports;
+- ``analyze(node, ctx) -> code``: propagate channel-identity codes (see
+  ``graphprune/ids.py``) from the node's inputs to its output, reporting
+  slots, unions and pins to the :class:`~graphprune.analysis.AnalysisContext`;
+- optionally ``rewrite(node, compact)``: fix what the node encodes about
+  channel counts (module attributes, split sizes, view shapes) once the
+  compact model's parameters have been sliced.
+
+Rules are registered for torch.nn module classes (``call_module``), Python
+callables (``call_function``) and method names (``call_method``). Adding
+support for an op is registering one rule; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch.fx as fx
+import torch.nn as nn
+
+
+class OpRule(Protocol):
+    name: str
+
+    def analyze(self, node: fx.Node, ctx: Any) -> Any: ...
+
+
+class RuleRegistry:
+    def __init__(self) -> None:
+        self._modules: dict[type, OpRule] = {}
+        self._functions: dict[Callable, OpRule] = {}
+        self._methods: dict[str, OpRule] = {}
+
+    def register(self, rule: OpRule, *targets: Any) -> OpRule:
+        for target in targets:
+            if isinstance(target, str):
+                self._methods[target] = rule
+            elif isinstance(target, type) and issubclass(target, nn.Module):
+                self._modules[target] = rule
+            elif callable(target):
+                self._functions[target] = rule
+            else:
+                raise TypeError(f"cannot register a rule for {target!r}")
+        return rule
+
+    def lookup(self, node: fx.Node, gm: fx.GraphModule) -> OpRule | None:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            for cls in type(module).__mro__:
+                rule = self._modules.get(cls)
+                if rule is not None:
+                    # A subclass that overrides forward computes something else.
+                    if type(module).forward is not cls.forward:
+                        return None
+                    return rule
+            return None
+        if node.op == "call_function":
+            try:
+                return self._functions.get(node.target)
+            except TypeError:  # unhashable callable
+                return None
+        if node.op == "call_method":
+            return self._methods.get(node.target)
+        return None
+
+
+RULES = RuleRegistry()
+
+
+def register_rule(*targets: Any) -> Callable[[OpRule], OpRule]:
+    """Register ``rule`` for modules, functions or method names.
+
+    Example::
+
+        @register_rule(MyActivation)
+        class MyActivationRule(PointwiseRule): ...
+    """
+
+    def wrap(rule: Any) -> Any:
+        instance = rule() if isinstance(rule, type) else rule
+        RULES.register(instance, *targets)
+        return rule
+
+    return wrap

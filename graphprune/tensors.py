@@ -1,0 +1,28 @@
+"""Reading and replacing parameters and buffers by qualified name."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def _split(target: str) -> tuple[str, str]:
+    return tuple(target.rsplit(".", 1)) if "." in target else ("", target)  # type: ignore[return-value]
+
+
+def get_tensor(root: nn.Module, target: str) -> torch.Tensor:
+    owner, attr = _split(target)
+    return getattr(root.get_submodule(owner), attr)
+
+
+def set_tensor(root: nn.Module, target: str, new: torch.Tensor) -> None:
+    """Replace a parameter (keeping it a trainable Parameter) or a buffer."""
+    owner, attr = _split(target)
+    module = root.get_submodule(owner)
+    old = getattr(module, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    elif attr in module._buffers:
+        module._buffers[attr] = new
+    else:
+        setattr(module, attr, new)

@@ -1,0 +1,12 @@
+import os
+
+import pytest
+import torch
+
+# A rule that raises is a bug: in tests it must fail loudly, not be pinned quietly.
+os.environ.setdefault("GRAPHPRUNE_STRICT_RULES", "1")
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,110 @@
+"""The public API: the input model is never touched, errors are clear."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import graphprune
+from graphprune.errors import ConfigError, TraceError
+
+
+def test_input_model_state_dict_and_mode_are_unchanged():
+    model = torchvision.models.resnet18(num_classes=10)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = graphprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training
+    assert model.layer1[0].conv1.out_channels == 64
+    assert result.compact.get_submodule("layer1.0.conv1").out_channels == 32
+    assert any("training mode" in n for n in result.report.notes)
+
+
+def test_report_has_params_flops_error_and_time_per_pass():
+    model = torchvision.models.resnet18(num_classes=10)
+    report = graphprune.prune(model, torch.randn(1, 3, 32, 32)).report
+    assert report.params_before == sum(p.numel() for p in model.parameters())
+    assert report.params_after < report.params_before
+    assert 0 < report.flops_after < report.flops_before
+    assert report.max_abs_error is not None and report.exact
+    assert set(report.timings) >= {"trace", "channels", "select", "rewrite", "verify"}
+    text = str(report)
+    assert "params:" in text and "FLOPs:" in text and "compact vs masked: equal" in text
+
+
+def test_plan_prints_groups_with_kept_counts_and_pin_reasons():
+    plan = graphprune.prune(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32)).plan
+    text = str(plan)
+    assert "layer1.0.conv1" in text
+    assert "reaches the model output" in text  # the classifier's outputs
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1, 1.0, float("nan"), "half"])
+def test_ratio_outside_zero_one_is_refused(ratio):
+    with pytest.raises(ConfigError, match="ratio"):
+        graphprune.prune(nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4), ratio=ratio)
+
+
+def test_unknown_criterion_mode_and_coupling_are_refused():
+    x, m = torch.randn(1, 3, 4, 4), nn.Conv2d(3, 3, 1)
+    with pytest.raises(ConfigError, match="unknown criterion 'l3'"):
+        graphprune.prune(m, x, criterion="l3")
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        graphprune.prune(m, x, mode="layerwise")
+    with pytest.raises(ConfigError, match="coupling"):
+        graphprune.prune(m, x, coupling="and")
+    with pytest.raises(ConfigError, match="min_channels"):
+        graphprune.prune(m, x, min_channels=0)
+
+
+def test_ignore_naming_a_missing_module_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="did you mean .*layer1.0.conv1"):
+        graphprune.prune(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32), ignore=["layer1.0.conv"])
+
+
+def test_ignored_module_keeps_its_exact_shape():
+    model = torchvision.models.resnet18(num_classes=10)
+    result = graphprune.prune(model, torch.randn(1, 3, 32, 32), ignore=["layer2.0.conv1", model.layer3[1].conv1])
+    c = result.compact
+    assert c.get_submodule("layer2.0.conv1").out_channels == 128 and c.get_submodule("layer3.1.conv1").out_channels == 256
+    assert c.get_submodule("layer2.1.conv1").out_channels == 64
+
+
+def test_round_to_makes_kept_counts_multiples():
+    result = graphprune.prune(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32),
+                              ratio=0.55, round_to=8, mode="group")
+    for d in result.plan.decisions():
+        if d.group.prunable == d.group.size:
+            assert d.kept_count % 8 == 0 or d.kept_count == d.group.size
+    assert result.report.exact
+
+
+def test_per_module_ratio_override():
+    result = graphprune.prune(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32),
+                              ratio=0.5, ratios={"layer4.*": 0.75})
+    assert result.compact.get_submodule("layer4.0.conv1").out_channels == 128
+    assert result.compact.get_submodule("layer3.0.conv1").out_channels == 128
+
+
+def test_wrong_input_shape_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"example inputs \(\(1, 4, 32, 32\) float32\) do not fit"):
+        graphprune.prune(torchvision.models.resnet18(), torch.randn(1, 4, 32, 32))
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+
+def test_untraceable_model_names_the_failing_line():
+    with pytest.raises(TraceError, match=r"Untraceable at test_api.py:\d+ in forward: `if x.sum\(\) > 0:`"):
+        graphprune.prune(Untraceable(), torch.randn(1, 3, 4, 4))
