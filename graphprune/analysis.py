@@ -69,21 +69,24 @@ class ChannelGraph:
 
     ``class_of[raw_id]`` is the coupled channel (class) of a raw id; class 0 is
     the pinned class. ``pinned[c]`` says class ``c`` must be kept, and
-    ``pin_reasons[c]`` says why.
+    ``reasons[reason_of[c]]`` says why (``reason_of[c]`` is -1 if not pinned).
     """
 
     num_ids: int
     class_of: torch.Tensor
     num_classes: int
     pinned: torch.Tensor
-    pin_reasons: dict[int, str]
+    reasons: list[str]
+    reason_of: torch.Tensor
     slots: list[Slot]
     producers: list[Producer]
     codes: dict[str, object]
     rule_names: dict[str, str] = field(default_factory=dict)
 
-    def classes(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.class_of[raw]
+    def pin_reasons(self, classes: torch.Tensor) -> list[str]:
+        """The distinct reasons the given classes are pinned, first cause first."""
+        index = torch.unique(self.reason_of[classes])
+        return [self.reasons[i] for i in index.tolist() if i >= 0]
 
     @property
     def prunable_fraction(self) -> float:
@@ -187,23 +190,25 @@ class AnalysisContext:
         roots, class_of = torch.unique(root, return_inverse=True)
         num_classes = roots.numel()  # root 0 (pinned) becomes class 0
 
-        pinned = torch.zeros(num_classes, dtype=torch.bool)
-        pinned[0] = True
-        reasons: dict[int, str] = {0: "pinned"}
+        # The first pin event that reaches a class is its reason (events are in graph order).
+        reasons = ["reserved"]
+        reason_of = torch.full((num_classes,), -1, dtype=torch.int64)
+        reason_of[0] = 0
         for raw, reason in self._pins:
-            cls = torch.unique(class_of[raw])
-            fresh = cls[~pinned[cls]]
-            pinned[cls] = True
-            for c in fresh.tolist():
-                reasons[c] = reason
+            cls = class_of[raw]
+            cls = cls[reason_of[cls] < 0]
+            if cls.numel():
+                reason_of[cls] = len(reasons)
+                reasons.append(reason)
         # A class no producer writes has no filter to drop: keep it.
         produced = torch.zeros(num_classes, dtype=torch.bool)
         for p in self.producers.values():
             produced[class_of[p.ids]] = True
-        orphan = (~produced) & (~pinned)
-        for c in orphan.nonzero().flatten().tolist():
-            reasons[c] = "not written by any prunable layer"
-        pinned |= orphan
+        orphan = ~produced & (reason_of < 0)
+        if bool(orphan.any()):
+            reason_of[orphan] = len(reasons)
+            reasons.append("not written by any prunable layer")
+        pinned = reason_of >= 0
 
         producers = list(self.producers.values())
         _attach_norms(producers, list(self.slots.values()), n)
@@ -212,7 +217,8 @@ class AnalysisContext:
             class_of=class_of,
             num_classes=num_classes,
             pinned=pinned,
-            pin_reasons=reasons,
+            reasons=reasons,
+            reason_of=reason_of,
             slots=list(self.slots.values()),
             producers=producers,
             codes=self.codes,

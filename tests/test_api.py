@@ -108,3 +108,45 @@ class Untraceable(nn.Module):
 def test_untraceable_model_names_the_failing_line():
     with pytest.raises(TraceError, match=r"Untraceable at test_api.py:\d+ in forward: `if x.sum\(\) > 0:`"):
         graphprune.prune(Untraceable(), torch.randn(1, 3, 4, 4))
+
+
+def test_global_mode_drops_the_ratio_of_prunable_channels_across_groups():
+    model = torchvision.models.resnet18(num_classes=10)
+    result = graphprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.4, mode="global")
+    plan = result.plan
+    prunable = sum(g.prunable for g in plan.groups)
+    dropped = plan.channels_before - plan.channels_after
+    assert dropped == int(0.4 * prunable)
+    kept_fractions = {round(d.kept_count / d.group.size, 2) for d in plan.decisions() if d.group.prunable}
+    assert len(kept_fractions) > 1  # not a uniform ratio: one ranking across groups
+    assert all(d.kept_count >= 1 for d in plan.decisions())
+    assert result.report.exact
+
+
+class BreakCompact:
+    """A user pass that corrupts one weight of the compact model."""
+
+    name = "break_compact"
+    requires = ("compact",)
+    provides = ()
+
+    def __call__(self, state):
+        with torch.no_grad():
+            state.compact.get_submodule("layer2.0.conv2").weight.mul_(1.5)
+
+
+def test_a_mismatch_names_the_first_diverging_node():
+    pipeline = graphprune.Pipeline.default().insert_after("rewrite", BreakCompact())
+    with pytest.raises(graphprune.VerificationError, match="first diverging node: layer2_0_conv2"):
+        graphprune.prune(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32), pipeline=pipeline)
+
+
+def test_the_same_inputs_give_the_same_plan():
+    def kept(criterion):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10)
+        plan = graphprune.prune(model, torch.randn(1, 3, 32, 32), criterion=criterion, mode="group").plan
+        return plan.class_kept.tolist()
+
+    assert kept("l1") == kept("l1")
+    assert kept("fpgm") == kept("fpgm")

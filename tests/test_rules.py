@@ -338,3 +338,45 @@ def test_unknown_op_pins_its_channels_and_the_model_stays_exact():
     reasons = result.plan.group_of("conv").reasons
     assert any("channel_roll" in r and "no channel rule" in r for r in reasons)
     assert_exact(result, x)
+
+
+# -- in-place ops and weights read directly in forward ------------------------
+
+
+class InPlaceShift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        z = y * 2
+        y.add_(1)  # later readers of y see y + 1: dropped channels are no longer zero
+        return self.head(y) + self.head(z)
+
+
+def test_in_place_op_updates_what_later_readers_of_its_input_see():
+    x = torch.randn(2, 3, 4, 4)
+    result = graphprune.prune(InPlaceShift(), x, ratio=0.5)
+    assert result.compact.conv.out_channels == 8
+    assert_exact(result, x)
+
+
+class WeightReadInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return self.head(y) * self.conv.weight.mean()
+
+
+def test_weight_also_read_directly_in_forward_is_pinned():
+    x = torch.randn(2, 3, 4, 4)
+    result = graphprune.prune(WeightReadInForward(), x, ratio=0.5)
+    assert result.compact.conv.out_channels == 8
+    assert any("read directly in forward" in r for r in result.plan.group_of("conv").reasons)
+    assert_exact(result, x)

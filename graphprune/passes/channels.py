@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import operator
 import os
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from .. import ids
@@ -39,6 +41,23 @@ def resolve_ignore(gm: fx.GraphModule, patterns: tuple[str, ...]) -> set[str]:
     return matched
 
 
+INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def mutates_first_arg(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether the op writes its result into its first input (``x += y``,
+    ``x.relu_()``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
+    if node.kwargs.get("inplace"):
+        return True
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_function":
+        return node.target in INPLACE_FUNCTIONS
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    return False
+
+
 def _owner(target: str) -> str:
     return target.rsplit(".", 1)[0] if "." in target else ""
 
@@ -51,13 +70,21 @@ class ChannelAnalysisPass:
     def __call__(self, state: CompileState) -> None:
         gm = state.graph
         ctx = AnalysisContext(gm)
+        self.opaque_attributes: set[str] = set()
         for node in gm.graph.nodes:
-            ctx.codes[node.name] = self.visit(node, ctx, state)
+            code = self.visit(node, ctx, state)
+            ctx.codes[node.name] = code
+            first = node.args[0] if node.args else None
+            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm):
+                # Later readers of the mutated input see the op's result.
+                ctx.codes[first.name] = code
         ignored = resolve_ignore(gm, tuple(state.config.ignore))
         for slot in ctx.slots.values():
             owner = _owner(slot.target)
             if any(owner == m or owner.startswith(m + ".") for m in ignored):
                 ctx.pin(slot.ids, f"module {owner!r} is ignored")
+            elif slot.target in self.opaque_attributes:
+                ctx.pin(slot.ids, f"{slot.target!r} is also read directly in forward")
         state.channels = ctx.finish()
 
     def visit(self, node: fx.Node, ctx: AnalysisContext, state: CompileState) -> Any:
@@ -92,8 +119,7 @@ class ChannelAnalysisPass:
     def _pin_all(ctx: AnalysisContext, code: Any, reason: str) -> None:
         fx.node.map_aggregate(code, lambda c: ctx.pin_code(c, reason) if c is not None and hasattr(c, "ndim") else c)
 
-    @staticmethod
-    def attribute(node: fx.Node, ctx: AnalysisContext) -> Any:
+    def attribute(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         """A parameter or buffer read in ``forward`` (ConvNeXt's layer scale, a
         bias added by hand): sliceable along its one non-trivial dim."""
         meta = value(node)
@@ -101,6 +127,7 @@ class ChannelAnalysisPass:
             return None
         big = [d for d, s in enumerate(meta.shape) if s > 1]
         if len(big) != 1:
+            self.opaque_attributes.add(str(node.target))
             return opaque(node, ctx, f"constant tensor {node.target!r} is used in forward")
         dim = big[0]
         raw = ctx.fresh(meta.shape[dim])

@@ -55,7 +55,7 @@ def form_groups(channels: ChannelGraph) -> list[Group]:
         classes = sort[start : start + int(counts[index])]
         start += int(counts[index])
         pinned = channels.pinned[classes]
-        reasons = list(dict.fromkeys(channels.pin_reasons[c] for c in classes[pinned].tolist()))
+        reasons = channels.pin_reasons(classes[pinned])
         groups.append(Group(index, names[0], classes, names, members_of[index], pinned, reasons))
     return groups
 
