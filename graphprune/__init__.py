@@ -8,15 +8,16 @@ computes exactly what the masked model computes.
 from .api import PruneResult, Report, prune
 from .config import PruneConfig
 from .criteria import CRITERIA, LayerView, register_criterion
-from .errors import ConfigError, GraphpruneError, PipelineError, TraceError, VerificationError
+from .errors import ConfigError, GraphpruneError, LoadError, PipelineError, TraceError, VerificationError
 from .pipeline import CompileState, Pass, Pipeline
 from .plan import Group, PruningPlan
 from .rules import RULES, register_rule
+from .serialize import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",
     "Pipeline", "PipelineError", "PruneConfig", "PruneResult", "PruningPlan", "RULES", "Report",
-    "TraceError", "VerificationError", "prune", "register_criterion", "register_rule",
+    "LoadError", "TraceError", "VerificationError", "load", "prune", "register_criterion", "register_rule", "save",
 ]

@@ -23,3 +23,11 @@ class VerificationError(GraphpruneError):
 
 class PipelineError(GraphpruneError):
     """A pass ran before what it needs was there (a custom pipeline out of order)."""
+
+
+class LoadError(GraphpruneError):
+    """A saved model cannot be loaded: missing, corrupted, edited or for another architecture."""
+
+
+class ExportError(GraphpruneError):
+    """The model could not be exported to ONNX, or ONNX Runtime disagrees with PyTorch."""

@@ -7,6 +7,7 @@ import torch
 os.environ.setdefault("GRAPHPRUNE_STRICT_RULES", "1")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def seeded():
+    """Every test starts from the same random state: no test depends on luck."""
     torch.manual_seed(0)
