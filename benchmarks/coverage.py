@@ -41,7 +41,8 @@ def run_one(name: str, size: int, ratio: float) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name in SEGMENTATION:
-            model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+            aux = {} if name.startswith("lraspp") else {"aux_loss": True}
+            model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=21, **aux)
         else:
             model = torchvision.models.get_model(name)
     model.eval()

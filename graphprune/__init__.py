@@ -8,7 +8,17 @@ computes exactly what the masked model computes.
 from .api import PruneResult, Report, prune
 from .config import PruneConfig
 from .criteria import CRITERIA, LayerView, register_criterion
-from .errors import ConfigError, GraphpruneError, LoadError, PipelineError, TraceError, VerificationError
+from .errors import (
+    ConfigError,
+    ExportError,
+    GraphpruneError,
+    LoadError,
+    PipelineError,
+    TraceError,
+    VerificationError,
+)
+from .export import OnnxExport, export_onnx
+from .latency import Latency, compare_latency, measure_latency
 from .pipeline import CompileState, Pass, Pipeline
 from .plan import Group, PruningPlan
 from .rules import RULES, register_rule
@@ -19,5 +29,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",
     "Pipeline", "PipelineError", "PruneConfig", "PruneResult", "PruningPlan", "RULES", "Report",
-    "LoadError", "TraceError", "VerificationError", "load", "prune", "register_criterion", "register_rule", "save",
+    "ExportError", "Latency", "LoadError", "OnnxExport", "TraceError", "compare_latency", "export_onnx",
+    "measure_latency", "VerificationError", "load", "prune", "register_criterion", "register_rule", "save",
 ]

@@ -15,6 +15,8 @@ from .errors import ConfigError
 from .pipeline import CompileState, Pipeline
 from .plan import PruningPlan
 
+NOT_COMPILE = frozenset({"verify", "measure", "export", "latency"})
+
 
 @dataclass
 class Report:
@@ -35,7 +37,8 @@ class Report:
 
     @property
     def compile_seconds(self) -> float:
-        return sum(v for k, v in self.timings.items() if k not in ("verify", "measure"))
+        """Time to the compact model: every pass but checking, measuring and exporting."""
+        return sum(v for k, v in self.timings.items() if k not in NOT_COMPILE)
 
     def __str__(self) -> str:
         def ratio(a: int | None, b: int | None) -> str:
@@ -93,6 +96,7 @@ def prune(
     verify: bool | str = True,
     tolerance: float = 1e-4,
     seed: int = 0,
+    frontend: str = "auto",
     pipeline: Pipeline | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
@@ -107,7 +111,8 @@ def prune(
         print(result.plan)            # groups, kept channels, what is pinned and why
         small = result.compact        # an fx.GraphModule, in eval mode
 
-    The input model is not modified. See :class:`~graphprune.config.PruneConfig`
+    ``frontend`` is ``"auto"`` (torch.fx, then torch.export where fx fails),
+    ``"fx"`` or ``"export"``. The input model is not modified. See :class:`~graphprune.config.PruneConfig`
     for the options; ``pipeline`` runs a custom pass pipeline.
     """
     if not isinstance(model, nn.Module):
@@ -125,6 +130,7 @@ def prune(
         verify=verify,
         tolerance=tolerance,
         seed=seed,
+        frontend=frontend,
     )
     state = CompileState(model=model, example_inputs=inputs, config=config)
     (pipeline or Pipeline.default()).run(state, progress)

@@ -45,7 +45,7 @@ class PruneConfig:
     verify: bool | str = True
     tolerance: float = 1e-4
     seed: int = 0
-    frontend: str = "fx"
+    frontend: str = "auto"
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "ratio")

@@ -1,7 +1,9 @@
 """Built-in passes, one per module, in pipeline order."""
 
 from .channels import ChannelAnalysisPass
+from .export import ExportPass
 from .groups import GroupPass
+from .latency import LatencyPass
 from .mask import MaskPass
 from .measure import MeasurePass
 from .rewrite import RewritePass
@@ -30,5 +32,5 @@ def default_passes() -> list:
 __all__ = [
     "ChannelAnalysisPass", "FRONTENDS", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
     "ScorePass", "SelectPass", "ShapePass", "TracePass", "Verification", "VerifyPass",
-    "default_passes", "register_frontend",
+    "default_passes", "register_frontend", "ExportPass", "LatencyPass",
 ]

@@ -52,6 +52,10 @@ def mutates_first_arg(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.startswith("__")
     if node.op == "call_function":
+        schema = getattr(node.target, "_schema", None)  # ATen overloads say so in their schema
+        if schema is not None and schema.arguments:
+            alias = schema.arguments[0].alias_info
+            return bool(alias is not None and alias.is_write)
         return node.target in INPLACE_FUNCTIONS
     if node.op == "call_module":
         return bool(getattr(gm.get_submodule(node.target), "inplace", False))
@@ -116,14 +120,26 @@ class ChannelAnalysisPass:
         return code
 
     @staticmethod
+    def _claims(user: fx.Node, attribute: fx.Node, ctx: AnalysisContext) -> bool:
+        rule = RULES.lookup(user, ctx.gm)
+        parameters = getattr(rule, "parameters", None)
+        return parameters is not None and attribute in parameters(user)
+
+    @staticmethod
     def _pin_all(ctx: AnalysisContext, code: Any, reason: str) -> None:
         fx.node.map_aggregate(code, lambda c: ctx.pin_code(c, reason) if c is not None and hasattr(c, "ndim") else c)
 
     def attribute(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         """A parameter or buffer read in ``forward`` (ConvNeXt's layer scale, a
-        bias added by hand): sliceable along its one non-trivial dim."""
+        bias added by hand): sliceable along its one non-trivial dim.
+
+        An attribute that only feeds ops which take it as their own parameter
+        (``aten.conv2d(x, weight, bias)`` in an exported graph) is left to
+        those ops' rules."""
         meta = value(node)
         if not isinstance(meta, TensorMeta):
+            return None
+        if node.users and all(self._claims(user, node, ctx) for user in node.users):
             return None
         big = [d for d, s in enumerate(meta.shape) if s > 1]
         if len(big) != 1:

@@ -9,6 +9,7 @@ positions from each group and ``groups`` stays valid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +44,60 @@ def out_code(raw: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return ids.encode(raw.reshape(shape), True)
 
 
+@dataclass(frozen=True)
+class ConvCall:
+    """What a conv rule needs to know, whichever form the conv takes."""
+
+    name: str  # producer name: the module path, or the weight's owner
+    x: fx.Node
+    weight: str
+    bias: str | None
+    in_channels: int
+    out_channels: int
+    groups: int
+    transposed: bool
+
+
+def conv_channels(node: fx.Node, ctx: Any, conv: ConvCall) -> torch.Tensor:
+    """Channel analysis of a convolution (module, functional or ATen)."""
+    out_ndim = value(node).ndim
+    in_ch, out_ch, groups = conv.in_channels, conv.out_channels, conv.groups
+    out_dim, in_dim = (1, 0) if conv.transposed else (0, 1)
+    incoming = consume(ctx, node, ctx.code(conv.x), 1, in_ch)
+    if incoming is None:
+        incoming = ctx.fresh(in_ch)
+        ctx.pin(incoming, f"input of {describe(node)} could not be followed")
+
+    if groups == 1:
+        raw = ctx.fresh(out_ch)
+        ctx.add_slot(conv.weight, in_dim, incoming, writes=False, kind="input")
+        ctx.add_producer(conv.name, conv.weight, out_dim, raw)
+        ctx.add_slot(conv.weight, out_dim, raw, writes=True, kind="filter")
+    elif groups == in_ch and out_ch == in_ch:
+        # depthwise: output channel c is input channel c, filter c writes it
+        ctx.rule_names[node.name] = "depthwise"
+        raw = incoming
+        ctx.add_slot(conv.weight, 0, raw, writes=True, kind="filter")
+    elif not conv.transposed:
+        per_in = incoming.reshape(groups, in_ch // groups)
+        ctx.unify(per_in[:1].expand_as(per_in), per_in)
+        raw = ctx.fresh(out_ch)
+        per_out = raw.reshape(groups, out_ch // groups)
+        ctx.unify(per_out[:1].expand_as(per_out), per_out)
+        ctx.add_slot(conv.weight, 1, per_in[0], writes=False, kind="input")
+        ctx.add_producer(conv.name, conv.weight, 0, raw)
+        ctx.add_slot(conv.weight, 0, raw, writes=True, kind="filter")
+    else:
+        reason = f"grouped transposed conv {describe(node)} is not pruned"
+        ctx.pin(incoming, reason)
+        raw = ctx.fresh(out_ch)
+        ctx.pin(raw, reason)
+        return out_code(raw, out_ndim, 1)
+    if conv.bias is not None:
+        ctx.add_slot(conv.bias, 0, raw, writes=True, kind="bias")
+    return out_code(raw, out_ndim, 1)
+
+
 class ConvRule:
     """nn.Conv1d/2d/3d (weight: out, in/groups, k...)."""
 
@@ -51,54 +106,18 @@ class ConvRule:
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
         module = ctx.gm.get_submodule(node.target)
-        x = node.args[0]
-        meta = value(x)
-        code = ctx.code(x)
         path = str(node.target)
-        weight, bias = qualified(path, "weight"), qualified(path, "bias")
-        out_ndim = value(node).ndim
-        in_ch, groups = module.in_channels, module.groups
-        out_ch = module.out_channels
-        out_dim, in_dim = (1, 0) if self.transposed else (0, 1)
-
-        incoming = consume(ctx, node, code, 1, meta.shape[1])
-        if incoming is None:
-            incoming = ctx.fresh(in_ch)
-            ctx.pin(incoming, f"input of {describe(node)} could not be followed")
-
-        if groups == 1:
-            raw = ctx.fresh(out_ch)
-            ctx.add_slot(weight, in_dim, incoming, writes=False, kind="input")
-            ctx.add_producer(path, weight, out_dim, raw)
-            ctx.add_slot(weight, out_dim, raw, writes=True, kind="filter")
-        elif groups == in_ch and out_ch == in_ch:
-            # depthwise: output channel c is input channel c, filter c writes it
-            ctx.rule_names[node.name] = "depthwise"
-            raw = incoming
-            ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
-        elif not self.transposed:
-            per_in = incoming.reshape(groups, in_ch // groups)
-            ctx.unify(per_in[:1].expand_as(per_in), per_in)
-            raw = ctx.fresh(out_ch)
-            per_out = raw.reshape(groups, out_ch // groups)
-            ctx.unify(per_out[:1].expand_as(per_out), per_out)
-            ctx.add_slot(weight, 1, per_in[0], writes=False, kind="input")
-            ctx.add_producer(path, weight, 0, raw)
-            ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
-        else:
-            reason = f"grouped transposed conv {describe(node)} is not pruned"
-            ctx.pin(incoming, reason)
-            raw = ctx.fresh(out_ch)
-            ctx.pin(raw, reason)
-            return out_code(raw, out_ndim, 1)
-        if module.bias is not None:
-            ctx.add_slot(bias, 0, raw, writes=True, kind="bias")
-        return out_code(raw, out_ndim, 1)
+        conv = ConvCall(
+            path, node.args[0], qualified(path, "weight"),
+            qualified(path, "bias") if module.bias is not None else None,
+            module.in_channels, module.out_channels, module.groups, self.transposed,
+        )
+        return conv_channels(node, ctx, conv)
 
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         module = rw.gm.get_submodule(node.target)
         w = module.weight
-        if module.groups == module.in_channels == module.out_channels and module.groups > 1:
+        if rw.analysis.rule_names.get(node.name) == "depthwise":
             module.groups = module.in_channels = module.out_channels = w.shape[0]
         elif self.transposed:
             module.in_channels = w.shape[0]
@@ -115,25 +134,31 @@ class ConvTransposeRule(ConvRule):
     transposed = True
 
 
+def linear_channels(node: fx.Node, ctx: Any, name: str, x: fx.Node, weight: str, bias: str | None,
+                    in_features: int, out_features: int) -> torch.Tensor:
+    """Channel analysis of a linear layer (module, functional or ATen)."""
+    incoming = consume(ctx, node, ctx.code(x), -1, in_features)
+    if incoming is None:
+        incoming = ctx.fresh(in_features)
+        ctx.pin(incoming, f"input of {describe(node)} could not be followed")
+    raw = ctx.fresh(out_features)
+    ctx.add_slot(weight, 1, incoming, writes=False, kind="input")
+    ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
+    if bias is not None:
+        ctx.add_slot(bias, 0, raw, writes=True, kind="bias")
+    ctx.add_producer(name, weight, 0, raw)
+    return out_code(raw, value(node).ndim, -1)
+
+
 class LinearRule:
     name = "linear"
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
         module = ctx.gm.get_submodule(node.target)
-        x = node.args[0]
         path = str(node.target)
-        weight, bias = qualified(path, "weight"), qualified(path, "bias")
-        incoming = consume(ctx, node, ctx.code(x), -1, module.in_features)
-        if incoming is None:
-            incoming = ctx.fresh(module.in_features)
-            ctx.pin(incoming, f"input of {describe(node)} could not be followed")
-        raw = ctx.fresh(module.out_features)
-        ctx.add_slot(weight, 1, incoming, writes=False, kind="input")
-        ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
-        if module.bias is not None:
-            ctx.add_slot(bias, 0, raw, writes=True, kind="bias")
-        ctx.add_producer(path, weight, 0, raw)
-        return out_code(raw, value(node).ndim, -1)
+        bias = qualified(path, "bias") if module.bias is not None else None
+        return linear_channels(node, ctx, path, node.args[0], qualified(path, "weight"), bias,
+                               module.in_features, module.out_features)
 
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         module = rw.gm.get_submodule(node.target)

@@ -22,26 +22,42 @@ from .base import channel_line, describe, qualified, tensor_args, value
 from .registry import register_rule
 
 
+def batch_norm_channels(
+    node: fx.Node, ctx: Any, x: fx.Node, weight: str | None, bias: str | None,
+    running_mean: str | None, running_var: str | None,
+) -> Any:
+    """Channel analysis of batch norm (module, functional or ATen): per channel,
+    gamma and beta write the channel, running statistics are sliced with it."""
+    code = ctx.code(x)
+    line = channel_line(ctx, node, code, 1, value(x).shape[1])
+    if line is None:
+        return code
+    raw = ids.raw_ids(line)
+    for target, kind in ((weight, "norm_scale"), (bias, "norm_shift")):
+        if target is not None:
+            ctx.add_slot(target, 0, raw, writes=True, kind=kind)
+    for target in (running_mean, running_var):
+        if target is not None:
+            ctx.add_slot(target, 0, raw, writes=False, kind="stat")
+    # Without beta to mask, (0 - mean) / std * gamma is not zero.
+    return code if bias is not None else ids.with_zero(code, False)
+
+
 class BatchNormRule:
     name = "batch_norm"
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
         module = ctx.gm.get_submodule(node.target)
-        x = node.args[0]
-        code = ctx.code(x)
         path = str(node.target)
-        line = channel_line(ctx, node, code, 1, value(x).shape[1])
-        if line is None:
-            return code
-        raw = ids.raw_ids(line)
-        if module.affine:
-            ctx.add_slot(qualified(path, "weight"), 0, raw, writes=True, kind="norm_scale")
-            ctx.add_slot(qualified(path, "bias"), 0, raw, writes=True, kind="norm_shift")
-        if module.running_mean is not None:
-            ctx.add_slot(qualified(path, "running_mean"), 0, raw, writes=False, kind="stat")
-            ctx.add_slot(qualified(path, "running_var"), 0, raw, writes=False, kind="stat")
-        # Without gamma/beta to mask, (0 - mean) / std is not zero.
-        return code if module.affine else ids.with_zero(code, False)
+        affine = module.affine
+        stats = module.running_mean is not None
+        return batch_norm_channels(
+            node, ctx, node.args[0],
+            qualified(path, "weight") if affine else None,
+            qualified(path, "bias") if affine else None,
+            qualified(path, "running_mean") if stats else None,
+            qualified(path, "running_var") if stats else None,
+        )
 
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         module = rw.gm.get_submodule(node.target)

@@ -50,7 +50,10 @@ class RuleRegistry:
 
     def lookup(self, node: fx.Node, gm: fx.GraphModule) -> OpRule | None:
         if node.op == "call_module":
-            module = gm.get_submodule(node.target)
+            try:
+                module = gm.get_submodule(node.target)
+            except AttributeError:  # not a module (an exported graph's guard function)
+                return None
             for cls in type(module).__mro__:
                 rule = self._modules.get(cls)
                 if rule is not None:

@@ -1,0 +1,93 @@
+"""YOLO building blocks, by both frontends: exact kept indices."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphprune
+
+
+def set_filter_norms(conv: nn.Conv2d, norms: list[float]) -> None:
+    with torch.no_grad():
+        w = torch.ones_like(conv.weight) / conv.weight[0].numel()
+        conv.weight.copy_(w * torch.tensor(norms, dtype=w.dtype).view(-1, 1, 1, 1))
+
+
+class ConvBN(nn.Module):
+    def __init__(self, cin, cout, k=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return F.silu(self.bn(self.conv(x)))
+
+
+class C2fLike(nn.Module):
+    """cv1 -> chunk(2) -> bottleneck on the second half (residual) -> cat of all -> cv2."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = ConvBN(3, 8)
+        self.m1 = ConvBN(4, 4, 3)
+        self.m2 = ConvBN(4, 4, 3)
+        self.cv2 = ConvBN(12, 4)
+        set_filter_norms(self.cv1.conv, [9, 1, 8, 1, 7, 1, 1, 6])  # keeps 0, 2, 4, 7
+        set_filter_norms(self.m1.conv, [5, 1, 4, 2])
+        set_filter_norms(self.m2.conv, [1, 9, 2, 3])  # keeps 1, 3 of the second half
+
+    def forward(self, x):
+        y0, y1 = self.cv1(x).chunk(2, 1)
+        m = y1 + self.m2(self.m1(y1))
+        return self.cv2(torch.cat([y0, y1, m], 1))
+
+
+class SPPFLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cv1 = ConvBN(3, 8)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.cv2 = ConvBN(32, 4)
+        set_filter_norms(self.cv1.conv, [1, 8, 2, 9, 7, 3, 6, 1])  # keeps 1, 3, 4, 6
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.pool(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_c2f_block_keeps_the_union_of_the_half_and_its_bottleneck(frontend):
+    x = torch.randn(1, 3, 8, 8)
+    result = graphprune.prune(C2fLike(), x, ratio=0.5, frontend=frontend)
+    assert result.report.frontend == frontend
+    # second half: cv1 keeps positions 0, 3 (channels 4, 7); m2 keeps 1, 3 -> union 0, 1, 3
+    assert result.plan.kept_indices("cv1.conv.weight", 0).tolist() == [0, 2, 4, 5, 7]
+    assert result.plan.kept_indices("m2.conv.weight", 0).tolist() == [0, 1, 3]
+    assert result.plan.kept_indices("m1.conv.weight", 0).tolist() == [0, 2]
+    assert result.plan.kept_indices("cv2.conv.weight", 1).tolist() == [0, 2, 4, 5, 7, 8, 9, 11]
+    assert result.report.exact
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_sppf_block_aligns_every_pooled_copy(frontend):
+    x = torch.randn(1, 3, 8, 8)
+    result = graphprune.prune(SPPFLike(), x, ratio=0.5, frontend=frontend)
+    kept = [1, 3, 4, 6]
+    assert result.plan.kept_indices("cv1.conv.weight", 0).tolist() == kept
+    assert result.plan.kept_indices("cv2.conv.weight", 1).tolist() == [k + 8 * i for i in range(4) for k in kept]
+    assert result.report.exact
+
+
+def test_frontends_agree_on_a_torchvision_model():
+    import torchvision
+
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    by_fx = graphprune.prune(model, x, frontend="fx", mode="group")
+    by_export = graphprune.prune(model, x, frontend="export", mode="group")
+    assert by_export.report.frontend == "export"
+    assert by_fx.report.params_after == by_export.report.params_after
+    assert by_fx.report.flops_after == by_export.report.flops_after
+    assert by_export.report.exact

@@ -1,0 +1,94 @@
+"""The real console script, in a subprocess: outputs, exit codes, one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+SCRIPT = shutil.which("graphprune", path=os.path.dirname(sys.executable)) or "graphprune"
+
+
+def run(*args, cwd):
+    done = subprocess.run([SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_help_lists_commands_and_examples(tmp_path):
+    code, out, _ = run("--help", cwd=tmp_path)
+    assert code == 0
+    assert "prune" in out and "inspect" in out and "bench" in out and "examples:" in out
+
+
+def test_prune_writes_onnx_saved_model_and_report(tmp_path):
+    code, out, err = run(
+        "prune", "resnet18", "--input-shape", "1,3,32,32", "--ratio", "0.5",
+        "-o", "r18.onnx", "--save", "r18", "--report", "report.json", "--no-latency", cwd=tmp_path,
+    )
+    assert code == 0, err
+    assert (tmp_path / "r18.onnx").stat().st_size > 0
+    assert (tmp_path / "r18" / "plan.json").is_file() and (tmp_path / "r18" / "weights.pt").is_file()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["params"]["after"] < report["params"]["before"]
+    assert report["verify"]["exact"] is True
+    assert report["onnx"]["max_abs_error"] <= 1e-4
+    assert "parameters" in out and "FLOPs" in out
+
+
+def test_prune_json_goes_to_stdout(tmp_path):
+    code, out, err = run("prune", "squeezenet1_1", "--input-shape", "1,3,32,32", "--json", "--no-latency", cwd=tmp_path)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["flops"]["after"] < doc["flops"]["before"]
+
+
+def one_line_error(code, out, err, match):
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("graphprune: error:") and match in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--ratio", "1.5"], "ratio must be in [0, 1)"),
+        (["--ratio", "-0.1"], "ratio must be in [0, 1)"),
+        (["--input-shape", "1,3,x,32"], "--input-shape must be comma-separated positive integers"),
+        (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
+    ],
+    ids=["ratio-1.5", "ratio-negative", "bad-shape", "missing-weights"],
+)
+def test_bad_arguments_fail_with_one_line_and_write_nothing(tmp_path, args, match):
+    code, out, err = run("prune", "resnet18", "--input-shape", "1,3,32,32", *args, "-o", "x.onnx",
+                         "--save", "saved", "--no-latency", cwd=tmp_path)
+    one_line_error(code, out, err, match)
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "saved").exists()
+
+
+def test_unknown_model_name_suggests_close_ones(tmp_path):
+    code, out, err = run("prune", "resnet19", "--input-shape", "1,3,32,32", cwd=tmp_path)
+    one_line_error(code, out, err, "unknown model 'resnet19'; did you mean")
+
+
+def test_weights_for_another_architecture_name_the_mismatch(tmp_path):
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), tmp_path / "r34.pt")
+    code, out, err = run("prune", "resnet18", "--weights", "r34.pt", "--input-shape", "1,3,32,32",
+                         "-o", "x.onnx", cwd=tmp_path)
+    one_line_error(code, out, err, "do not fit ResNet: keys")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_inspect_prints_groups_and_pin_reasons(tmp_path):
+    code, out, err = run("inspect", "resnet18", "--input-shape", "1,3,32,32", "--json", cwd=tmp_path)
+    assert code == 0, err
+    groups = json.loads(out)["groups"]
+    fc = next(g for g in groups if g["group"] == "fc")
+    assert fc["prunable"] == 0 and any("model output" in r for r in fc["pinned_because"])
+    stem = next(g for g in groups if g["group"] == "conv1")
+    assert "layer1.0.conv2" in stem["producers"] and stem["prunable"] == 64

@@ -1,0 +1,190 @@
+"""ONNX export is checked on ONNX Runtime; latency is measured there too."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from helpers import calibrate
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+import graphprune
+import graphprune.export
+from graphprune import Pipeline
+from graphprune.errors import ExportError, PipelineError
+from graphprune.export import export_onnx
+from graphprune.latency import compare_latency, measure_latency
+from graphprune.passes import ExportPass, LatencyPass
+
+ZOO = ["resnet18", "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5", "convnext_tiny"]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def onnxruntime_output(path_or_session, x):
+    session = path_or_session
+    if not isinstance(session, ort.InferenceSession):
+        session = ort.InferenceSession(str(path_or_session), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+@pytest.fixture(scope="module", params=ZOO)
+def zoo_export(request, tmp_path_factory):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    model = calibrate(getattr(torchvision.models, request.param)(num_classes=10), torch.randn(4, 3, 64, 64))
+    result = graphprune.prune(model, x, ratio=0.5)
+    folder = tmp_path_factory.mktemp(request.param)
+    # The compact file takes the default path (dynamo); the dense one, only a
+    # reference, the legacy exporter: both exporters meet every model, and
+    # this file runs in about two thirds of the time.
+    dense = export_onnx(result.state.graph, x, folder / "dense.onnx", exporter="legacy")
+    compact = export_onnx(result.compact, x, folder / "compact.onnx")
+    return result, dense, compact, x
+
+
+def test_onnxruntime_computes_what_pytorch_computes_at_any_batch(zoo_export):
+    result, dense, compact, x = zoo_export
+    for info, model in ((dense, result.state.graph), (compact, result.compact)):
+        onnx.checker.check_model(str(info.path))
+        assert info.dynamic_batch and info.batch_sizes == (1, 3)
+        assert info.max_abs_error <= 1e-4
+        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+        for batch in (x, torch.randn(3, *x.shape[1:])):
+            with torch.no_grad():
+                expected = model(batch)
+            got = onnxruntime_output(session, batch)
+            assert got.shape == (batch.shape[0], 10)
+            assert (got - expected).abs().max().item() <= 1e-4
+            assert expected.abs().max().item() > 1e-3  # outputs that vanish would make this check empty
+
+
+def test_compact_file_is_smaller_and_self_contained(zoo_export):
+    _, dense, compact, _ = zoo_export
+    assert compact.size_bytes < dense.size_bytes
+    assert compact.size_bytes == compact.path.stat().st_size
+    assert sorted(p.name for p in compact.path.parent.iterdir()) == ["compact.onnx", "dense.onnx"]
+    assert compact.external_data == ()
+    assert compact.exporter == "dynamo" and compact.fallback_reason is None
+    assert onnx.load(str(compact.path)).opset_import[0].version == compact.opset
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_each_exporter_can_be_forced(exporter, tmp_path):
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    info = export_onnx(model, x, tmp_path / "net.onnx", exporter=exporter, dynamic_batch=False)
+    assert info.exporter == exporter and info.fallback_reason is None
+    assert info.batch_sizes == (2,)
+    assert torch.allclose(onnxruntime_output(info.path, x), model(x).detach(), atol=1e-5)
+    with pytest.raises(InvalidArgument):  # a fixed batch rejects another one
+        onnxruntime_output(info.path, torch.randn(3, 3, 8, 8))
+
+
+class FixedBatch(Net):
+    def forward(self, x):
+        n = int(x.shape[0])  # traced as a constant: the exported graph only takes this batch size
+        return self.fc(torch.relu(self.bn(self.conv(x))).reshape(n, 16, -1).mean(2))
+
+
+def test_a_model_that_fixes_its_batch_size_is_refused_a_dynamic_batch(tmp_path):
+    model, x = FixedBatch().eval(), torch.randn(1, 3, 8, 8)
+    expected = (
+        r"legacy exporter: .*output shapes \[\(1, 4\)\] on the legacy-exported model with batch 3 "
+        r"are not PyTorch's \[\(3, 4\)\] \(if the model fixes its batch size, pass dynamic_batch=False\)$"
+    )
+    with pytest.raises(ExportError, match=expected):
+        export_onnx(model, x, tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []
+    info = export_onnx(model, x, tmp_path / "net.onnx", dynamic_batch=False)
+    assert info.batch_sizes == (1,) and info.max_abs_error <= 1e-5
+
+
+def test_auto_falls_back_to_legacy_when_dynamo_fails(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo cannot trace this\nmore detail")
+
+    monkeypatch.setitem(graphprune.export._EXPORT, "dynamo", broken)
+    info = export_onnx(Net(), torch.randn(1, 3, 8, 8), tmp_path / "net.onnx")
+    assert info.exporter == "legacy"
+    assert info.fallback_reason == "dynamo exporter: RuntimeError: dynamo cannot trace this"
+    assert [p.name for p in tmp_path.iterdir()] == ["net.onnx"]
+
+
+def test_export_that_onnxruntime_disagrees_with_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    real = graphprune.export.run_onnxruntime
+    monkeypatch.setattr(
+        graphprune.export, "run_onnxruntime", lambda session, inputs: [y + 0.5 for y in real(session, inputs)]
+    )
+    model = Net()
+    expected = r"differs from PyTorch's on the dynamo-exported model with batch 1: max abs error 0\.5 > tolerance 0\.0001$"
+    with pytest.raises(ExportError, match=expected):
+        export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "net.onnx", exporter="dynamo")
+    with pytest.raises(ExportError, match="dynamo exporter: ExportError: .*; legacy exporter: ExportError: "):
+        export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []
+    assert model.training  # its mode is restored
+
+
+def test_latency_is_measured_with_the_threads_asked_for(tmp_path):
+    x = torch.randn(1, 3, 16, 16)
+    info = export_onnx(Net(), x, tmp_path / "net.onnx", exporter="legacy")
+    latency = measure_latency(info.path, x, warmup=1, runs=7, threads=1)
+    assert latency.runs == 7 and latency.threads == 1
+    assert latency.provider == "CPUExecutionProvider"
+    assert (
+        0 < latency.min_ms <= latency.p10_ms <= latency.median_ms <= latency.p90_ms <= latency.max_ms < 1000
+    )
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(info.path), options, providers=["CPUExecutionProvider"])
+    assert measure_latency(session, {"input": x.numpy()}, runs=3).threads == 2
+
+    comparison = compare_latency(info.path, info.path, x, flops=(300, 100), warmup=0, runs=3, threads=1)
+    assert comparison.flops_ratio == 3.0
+    assert comparison.dense.runs == comparison.compact.runs == 3
+    assert np.isfinite(comparison.speedup) and comparison.speedup > 0
+
+
+def test_export_and_latency_passes_in_a_pipeline(tmp_path):
+    pipeline = (
+        Pipeline.default()
+        .insert_after("measure", ExportPass(tmp_path / "compact.onnx", dense_path=tmp_path / "dense.onnx"))
+        .insert_after("export", LatencyPass(warmup=1, runs=5, threads=1))
+    )
+    assert pipeline.names[-3:] == ["measure", "export", "latency"]
+    x = torch.randn(1, 3, 16, 16)
+    result = graphprune.prune(Net(), x, ratio=0.5, pipeline=pipeline)
+
+    onnx_results = result.state.measurements["onnx"]
+    assert onnx_results["compact"].path == tmp_path / "compact.onnx"
+    assert onnx_results["compact"].size_bytes < onnx_results["dense"].size_bytes
+    with torch.no_grad():
+        assert torch.allclose(onnxruntime_output(tmp_path / "compact.onnx", x), result.compact(x), atol=1e-5)
+
+    latency = result.state.measurements["latency"]
+    assert latency["compact"].runs == 5 and latency["dense"].threads == 1
+    report = result.report
+    assert latency["comparison"].flops_ratio == pytest.approx(report.flops_before / report.flops_after)
+    assert any(note.startswith("ONNX Runtime: dense") for note in report.notes)
+
+
+def test_latency_pass_without_export_pass_says_what_is_missing():
+    pipeline = Pipeline.default().insert_after("measure", LatencyPass())
+    with pytest.raises(PipelineError, match="add an ExportPass before it"):
+        graphprune.prune(Net(), torch.randn(1, 3, 8, 8), pipeline=pipeline)
