@@ -36,12 +36,15 @@ from .errors import GraphpruneError
 EXAMPLES = """examples:
   graphprune prune resnet18 --ratio 0.5 -o resnet18_pruned.onnx
   graphprune prune mypkg.models:build_net --weights net.pt --input-shape 1,3,128,128 --save out/
+  graphprune prune yolov8n.yaml --input-shape 1,3,640,640 -o yolov8n_pruned.onnx
   graphprune inspect resnet50 --input-shape 1,3,64,64
   graphprune bench mobilenet_v3_large --ratio 0.3
   graphprune bench resnet18_pruned.onnx --input-shape 1,3,224,224
 
-MODEL is a torchvision model name (random weights: nothing is downloaded) or
-package.module:factory, a function that returns your nn.Module.
+MODEL is a torchvision model name (random weights: nothing is downloaded), an
+ultralytics config such as yolov8n.yaml (random weights) or checkpoint (.pt,
+with --trust-checkpoint), or package.module:factory, a function that returns
+your nn.Module.
 """
 
 
@@ -62,8 +65,34 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def build_model(spec: str) -> nn.Module:
-    """A torchvision model name, or ``package.module:factory``."""
+def build_ultralytics(spec: str, trust_checkpoint: bool) -> nn.Module:
+    """An ultralytics model from a yaml config (random weights) or a ``.pt`` checkpoint."""
+    if spec.endswith(".pt") and not trust_checkpoint:
+        raise UsageError(
+            f"{spec} is a pickled checkpoint: loading it runs code stored in the file. "
+            "Pass --trust-checkpoint if you trust where it came from"
+        )
+    if spec.endswith(".pt") and not os.path.isfile(spec):
+        raise UsageError(f"checkpoint {spec!r} does not exist")
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise UsageError(f"{spec} needs ultralytics: pip install 'graphprune[yolo]'") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return YOLO(spec).model.float().eval()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"ultralytics cannot build {spec!r}: {first[:200]}") from None
+
+
+def build_model(spec: str, trust_checkpoint: bool = False) -> nn.Module:
+    """A torchvision model name, an ultralytics ``yolov8n.yaml`` / ``.pt``, or
+    ``package.module:factory``."""
+    if spec.endswith((".yaml", ".yml", ".pt")):
+        return build_ultralytics(spec, trust_checkpoint)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         try:
@@ -124,8 +153,10 @@ def load_weights(model: nn.Module, path: str) -> None:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="torchvision model name or package.module:factory")
+    p.add_argument("model", metavar="MODEL", help="torchvision model name, yolov8n.yaml / model.pt, or package.module:factory")
     p.add_argument("--weights", metavar="FILE", help="state dict to load (read with weights_only=True)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow MODEL to be a pickled ultralytics .pt (unpickling runs code from the file)")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
 
 
@@ -170,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="params, FLOPs and ONNX Runtime latency, dense vs pruned")
     p.add_argument("model", metavar="MODEL|FILE.onnx")
     p.add_argument("--weights", metavar="FILE")
+    p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W")
     add_prune_arguments(p)
     p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
@@ -228,7 +260,7 @@ def change(before: float | None, after: float | None) -> str:
 
 def _model_and_inputs(args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     shape = parse_shape(args.input_shape)
-    model = build_model(args.model)
+    model = build_model(args.model, args.trust_checkpoint)
     if args.weights:
         load_weights(model, args.weights)
     return model, (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)

@@ -22,6 +22,7 @@ from ..errors import ConfigError, TraceError
 from ..pipeline import CompileState
 
 FRONTEND_KEY = "graphprune.frontend"  # gm.meta: which frontend made the graph
+NOTES_KEY = "graphprune.notes"  # gm.meta: what the frontend wants the user to know
 Frontend = Callable[[nn.Module, tuple], fx.GraphModule]
 FRONTENDS: dict[str, Frontend] = {}
 
@@ -75,6 +76,17 @@ def plain_graph_module(exported: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def free_shape_caches(model: nn.Module) -> None:
+    """Heads that cache state per input shape (ultralytics' Detect keeps anchors
+    for the last shape it saw) make torch.export guard the batch size. Such a
+    head has a ``dynamic`` switch that recomputes instead; turn it on in
+    graphprune's private copy of the model."""
+    for module in model.modules():
+        if isinstance(getattr(module, "dynamic", None), bool) and hasattr(module, "anchors") and hasattr(module, "shape"):
+            module.dynamic = True
+            module.shape = None
+
+
 @register_frontend("export")
 def export_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     """``torch.export`` (non-strict): an fx graph of ATen ops, for models with
@@ -82,20 +94,31 @@ def export_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     exported dynamic where the model allows it, so the compact model keeps a
     free batch size."""
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    free_shape_caches(model)
     try:
+        program = None
         if len(tensors) == len(example_inputs) and all(x.ndim > 0 for x in tensors):
-            try:
-                batch = torch.export.Dim("batch", min=1)
-                doubled = tuple(torch.cat([x, x]) for x in example_inputs)  # 1 would be specialised
-                program = torch.export.export(
-                    model, doubled, dynamic_shapes=tuple({0: batch} for _ in doubled), strict=False
-                )
-            except Exception:  # the model fixes its batch size: export it static
-                program = torch.export.export(model, tuple(example_inputs), strict=False)
-        else:
+            # A batch of 1 would be specialised; 2 may be a size the model has cached.
+            for copies in (2, 3):
+                try:
+                    batch = torch.export.Dim("batch", min=1)
+                    widened = tuple(torch.cat([x] * copies) for x in example_inputs)
+                    program = torch.export.export(
+                        model, widened, dynamic_shapes=tuple({0: batch} for _ in widened), strict=False
+                    )
+                    break
+                except Exception:
+                    continue
+        static = program is None
+        if static:  # the model fixes its batch size: export it static
             program = torch.export.export(model, tuple(example_inputs), strict=False)
         gm = plain_graph_module(program.module())
         gm.meta[FRONTEND_KEY] = "export"
+        if static:
+            gm.meta[NOTES_KEY] = [
+                "torch.export could not keep the batch dim dynamic: the compact model takes "
+                f"batch {tensors[0].shape[0] if tensors else 'as given'} only"
+            ]
         return gm
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -132,3 +155,4 @@ class TracePass:
         state.graph = frontend(model, state.example_inputs)
         state.graph.eval()
         state.frontend = state.graph.meta.get(FRONTEND_KEY, state.config.frontend)
+        state.notes.extend(state.graph.meta.get(NOTES_KEY, []))
