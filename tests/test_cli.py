@@ -92,3 +92,18 @@ def test_inspect_prints_groups_and_pin_reasons(tmp_path):
     assert fc["prunable"] == 0 and any("model output" in r for r in fc["pinned_because"])
     stem = next(g for g in groups if g["group"] == "conv1")
     assert "layer1.0.conv2" in stem["producers"] and stem["prunable"] == 64
+
+
+def test_pickled_checkpoint_needs_the_trust_flag(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"not really a checkpoint")
+    code, out, err = run("prune", "best.pt", "--input-shape", "1,3,64,64", cwd=tmp_path)
+    one_line_error(code, out, err, "pickled checkpoint: loading it runs code stored in the file. Pass --trust-checkpoint")
+
+
+def test_yolo_config_name_is_a_model(tmp_path):
+    pytest.importorskip("ultralytics")
+    code, out, err = run("inspect", "yolov8n.yaml", "--input-shape", "1,3,64,64", "--json", cwd=tmp_path)
+    assert code == 0, err
+    groups = {g["group"]: g for g in json.loads(out)["groups"]}
+    assert groups["model.0.conv"]["prunable"] == 16
+    assert groups["model.22.cv3.0.2"]["prunable"] == 0
