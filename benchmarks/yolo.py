@@ -27,7 +27,7 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-PAPER = """Paper (Pascal VOC YOLOv3, 416x416 in the paper's code; Raspberry Pi 4 latency):
+PAPER = """Paper (YOLOv3 on Pascal VOC; latency on a Raspberry Pi 4):
 | model | GFLOPs | params M | RPi4 s | speed-up |
 |---|---|---|---|---|
 | YOLOv3 dense | 65.658 | 61.626 | 5.0755 | 1.00x |
