@@ -13,6 +13,7 @@ from .errors import (
     ExportError,
     GraphpruneError,
     LoadError,
+    ModelError,
     PipelineError,
     TraceError,
     VerificationError,
@@ -29,6 +30,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",
     "Pipeline", "PipelineError", "PruneConfig", "PruneResult", "PruningPlan", "RULES", "Report",
-    "ExportError", "Latency", "LoadError", "OnnxExport", "TraceError", "compare_latency", "export_onnx",
+    "ExportError", "Latency", "LoadError", "ModelError", "OnnxExport", "TraceError", "compare_latency", "export_onnx",
     "measure_latency", "VerificationError", "load", "prune", "register_criterion", "register_rule", "save",
 ]

@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .config import PruneConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .pipeline import CompileState, Pipeline
 from .plan import PruningPlan
 
@@ -82,6 +82,22 @@ def _ignore_names(model: nn.Module, ignore: Iterable[Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_finite(model: nn.Module) -> None:
+    """Refuse a model with NaN or infinite weights: its outputs are NaN, so no
+    comparison of compact and masked model could mean anything."""
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    tensors += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, tensor in tensors:
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                nan = int(torch.isnan(tensor.detach()).sum())
+                raise ModelError(
+                    f"{kind} {name!r} has {nan} NaN and {int((~finite).sum()) - nan} infinite values; "
+                    "fix the weights (reload the checkpoint, or re-initialise that layer) and prune again"
+                )
+
+
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,
@@ -132,6 +148,13 @@ def prune(
         seed=seed,
         frontend=frontend,
     )
+    check_finite(model)
+    for i, x in enumerate(inputs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ConfigError(
+                f"example input {i} holds NaN or infinite values, so no output could be checked; "
+                "pass real data or torch.randn of the same shape"
+            )
     state = CompileState(model=model, example_inputs=inputs, config=config)
     (pipeline or Pipeline.default()).run(state, progress)
     return PruneResult(state.compact, state.masked, state.plan, build_report(state), state)

@@ -9,6 +9,10 @@ class ConfigError(GraphpruneError, ValueError):
     """An option is out of range or names something that does not exist."""
 
 
+class ModelError(GraphpruneError, ValueError):
+    """The model cannot be pruned as given: a parameter or buffer holds NaN or infinity."""
+
+
 class TraceError(GraphpruneError):
     """The model could not be traced into a graph."""
 

@@ -10,6 +10,13 @@ def _split(target: str) -> tuple[str, str]:
     return tuple(target.rsplit(".", 1)) if "." in target else ("", target)  # type: ignore[return-value]
 
 
+def fresh_copy(inputs: tuple) -> tuple:
+    """The inputs with every tensor cloned: a model may write its input in
+    place (``x.relu_()``), which must change neither the caller's tensors nor
+    the next run that reads them."""
+    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
 def get_tensor(root: nn.Module, target: str) -> torch.Tensor:
     owner, attr = _split(target)
     return getattr(root.get_submodule(owner), attr)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from .. import ids
 from ..analysis import AnalysisContext
@@ -23,13 +24,21 @@ from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
 from ..rules.base import has_tensor, opaque, value
+from ..tensors import get_tensor
 
 UNKNOWN = UnknownOpRule()
 
 
-def resolve_ignore(gm: fx.GraphModule, patterns: tuple[str, ...]) -> set[str]:
-    """Module names matched by ``patterns`` (exact names or glob patterns)."""
+def resolve_ignore(gm: fx.GraphModule, patterns: tuple[str, ...], model: nn.Module | None = None) -> set[str]:
+    """Module names matched by ``patterns`` (exact names or glob patterns).
+
+    Names are looked up in the traced graph and in the user's ``model``: the
+    graph holds only the modules forward calls, so a container whose
+    parameters are read directly (an ``nn.ParameterDict``) is only in the model."""
     names = [n for n, _ in gm.named_modules() if n]
+    if model is not None:
+        known = set(names)
+        names += [n for n, _ in model.named_modules() if n and n not in known]
     matched: set[str] = set()
     for pattern in patterns:
         hits = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
@@ -62,6 +71,25 @@ def mutates_first_arg(node: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
+def tie_shared_tensors(ctx: AnalysisContext) -> None:
+    """One tensor under several names (tied weights: ``b.weight = a.weight``)
+    is one set of values: index i along a dim is the same data under every
+    name, so it is kept or dropped together (and the rewrite keeps it tied)."""
+    by_tensor: dict[tuple[int, int], list] = {}
+    for slot in ctx.slots.values():
+        by_tensor.setdefault((id(get_tensor(ctx.gm, slot.target)), slot.dim), []).append(slot)
+    for slots in by_tensor.values():
+        first = slots[0]
+        for other in slots[1:]:
+            if other.ids.numel() == first.ids.numel():
+                ctx.unify(first.ids, other.ids)
+                first.writes = other.writes = first.writes or other.writes
+            else:
+                reason = f"{first.target} and {other.target} are one tensor used with different channel counts"
+                ctx.pin(first.ids, reason)
+                ctx.pin(other.ids, reason)
+
+
 def _owner(target: str) -> str:
     return target.rsplit(".", 1)[0] if "." in target else ""
 
@@ -82,7 +110,8 @@ class ChannelAnalysisPass:
             if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm):
                 # Later readers of the mutated input see the op's result.
                 ctx.codes[first.name] = code
-        ignored = resolve_ignore(gm, tuple(state.config.ignore))
+        tie_shared_tensors(ctx)
+        ignored = resolve_ignore(gm, tuple(state.config.ignore), state.model)
         for slot in ctx.slots.values():
             owner = _owner(slot.target)
             if any(owner == m or owner.startswith(m + ".") for m in ignored):

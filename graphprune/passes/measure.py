@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..pipeline import CompileState
+from ..tensors import fresh_copy
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -20,7 +21,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_flops(model: nn.Module, example_inputs: tuple) -> int:
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(*example_inputs)
+        model(*fresh_copy(example_inputs))
     return int(counter.get_total_flops())
 
 

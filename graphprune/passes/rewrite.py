@@ -63,6 +63,13 @@ class RewriteContext:
 
 
 def slice_parameters(gm: fx.GraphModule, plan: PruningPlan) -> None:
+    # Names of one tensor (tied weights) get one sliced tensor back, still tied.
+    names_of: dict[int, list[str]] = {}
+    dims_of: dict[str, set[int]] = {}
+    for slot in plan.channels.slots:
+        dims_of.setdefault(slot.target, set()).add(slot.dim)
+    for target in dims_of:
+        names_of.setdefault(id(get_tensor(gm, target)), []).append(target)
     with torch.no_grad():
         for slot in plan.channels.slots:
             keep = plan.kept(slot.ids)
@@ -70,6 +77,21 @@ def slice_parameters(gm: fx.GraphModule, plan: PruningPlan) -> None:
                 continue
             tensor = get_tensor(gm, slot.target)
             set_tensor(gm, slot.target, tensor.index_select(slot.dim, keep.nonzero().flatten()).clone())
+    for names in names_of.values():
+        for other in names[1:]:
+            if dims_of[other] == dims_of[names[0]]:
+                retie(gm, other, get_tensor(gm, names[0]))
+
+
+def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
+    owner, _, attr = target.rpartition(".")
+    module = gm.get_submodule(owner)
+    if attr in module._parameters:
+        module._parameters[attr] = tensor
+    elif attr in module._buffers:
+        module._buffers[attr] = tensor
+    else:
+        setattr(module, attr, tensor)
 
 
 class RewritePass:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..criteria import CRITERIA, LayerView
+from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..tensors import get_tensor
 
@@ -44,9 +45,10 @@ class ScorePass:
                 view = layer_view(state.graph, producer, generator)
                 s = criterion(view).reshape(-1).float()
                 if s.numel() != producer.ids.numel():
-                    raise ValueError(
+                    raise ConfigError(
                         f"criterion {state.config.criterion!r} returned {s.numel()} scores for "
-                        f"{producer.name}, which has {producer.ids.numel()} output channels"
+                        f"{producer.name}, which has {producer.ids.numel()} output channels; "
+                        "a criterion must return one score per row of layer.filters"
                     )
                 scores[producer.weight] = s
         state.scores = scores

@@ -21,7 +21,9 @@ import fnmatch
 import math
 
 import torch
+from torch.utils._pytree import tree_leaves
 
+from .. import ids
 from ..config import PruneConfig
 from ..pipeline import CompileState
 from ..plan import PruningPlan
@@ -65,6 +67,27 @@ def class_scores(state: CompileState) -> torch.Tensor:
         total.index_add_(0, cls, s)
         count.index_add_(0, cls, torch.ones_like(s))
     return total / count.clamp_min(1)
+
+
+def nothing_pruned(plan: PruningPlan, config: PruneConfig) -> str | None:
+    """Why the plan drops no channel, if it drops none: the model is returned
+    as it is (same size), and the user must be told, not left to guess."""
+    if plan.channels_after < plan.channels_before:
+        return None
+    if bool(plan.raw_dropped.any()):
+        return ("no channel removed: layers zeroed their own choice of filters, but every coupled channel "
+                "is kept by another layer writing it, so the compact model is the masked one at full size")
+    if not plan.channels.producers:
+        return ("nothing to prune: the model has no convolution or linear layer graphprune can slice "
+                "(the compact model is the input model, unchanged)")
+    if not any(g.prunable for g in plan.groups):
+        reasons = sorted({r for g in plan.groups for r in g.reasons}, key=len)[:3]
+        return ("nothing to prune: every channel is pinned (" + "; ".join(reasons) + "), "
+                "so the compact model is the input model, unchanged; see the plan for each group")
+    if config.ratio == 0 and not config.ratios:
+        return "nothing pruned: ratio is 0 (the compact model is the input model, unchanged)"
+    return (f"nothing pruned: at ratio {config.ratio} every group keeps all its channels "
+            "(groups too small, or min_channels / round_to keep them); raise the ratio")
 
 
 class SelectPass:
@@ -122,13 +145,21 @@ class SelectPass:
         added = class_kept & ~before_rounding
         raw_dropped &= ~added[channels.class_of]
         state.plan = PruningPlan(channels, state.groups, class_kept, raw_dropped, config.mode, config.coupling)
+        note = nothing_pruned(state.plan, config)
+        if note:
+            state.plan.notes.append(note)
 
     @staticmethod
     def _keep_one_per_slot(channels, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
         """No parameter may lose every index (a split piece whose channels were
-        all dropped would leave a conv with no input): keep its best channel."""
-        for slot in channels.slots:
-            cls = channels.class_of[slot.ids]
+        all dropped would leave a conv with no input), and no tensor in the
+        graph may lose every channel (an empty piece of a split that a literal
+        ``view`` reshapes, or that no layer reads): keep its best channel."""
+        raws = [slot.ids for slot in channels.slots]
+        for code in channels.codes.values():
+            raws += [ids.raw_ids(c).reshape(-1) for c in tree_leaves(code) if isinstance(c, torch.Tensor)]
+        for raw in raws:
+            cls = channels.class_of[raw]
             if not bool(class_kept[cls].any()):
                 class_kept[cls[torch.argmax(scores[cls])]] = True
 

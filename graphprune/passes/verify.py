@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import VerificationError
 from ..pipeline import CompileState
+from ..tensors import fresh_copy
 from .rewrite import RewriteContext
 
 
@@ -94,11 +95,11 @@ def first_divergence(state: CompileState, inputs: tuple) -> str | None:
     masked, compact = _Capture(state.masked), _Capture(state.compact)
     with torch.no_grad():
         try:
-            masked.run(*inputs)
+            masked.run(*fresh_copy(inputs))
         except Exception as exc:
             return f"the masked model fails: {exc}"
         try:
-            compact.run(*inputs)
+            compact.run(*fresh_copy(inputs))
         except Exception:
             pass  # compare what ran; the failing node is the first missing one
     rw = RewriteContext(state.compact, state.plan)
@@ -143,7 +144,8 @@ class VerifyPass:
         with torch.no_grad():
             for batch in batches:
                 try:
-                    expected, got = state.masked(*batch), state.compact(*batch)
+                    expected = state.masked(*fresh_copy(batch))
+                    got = state.compact(*fresh_copy(batch))
                     err, rel = compare(expected, got)
                 except Exception as exc:  # the compact graph itself is broken
                     err = rel = float("inf")

@@ -49,26 +49,29 @@ class ElementwiseRule:
         varying = {d for _, code, _ in operands for d in ids.varying_dims(code)}
         shape = torch.broadcast_shapes(*(code.shape for _, code, _ in operands))
         raw = ctx.fresh(math.prod(shape)).reshape(shape)
+        zeros = []
         for _, code, broadcast in operands:
             if broadcast & varying:
                 # One value read by many channels: it cannot follow any of them.
+                # Pinned, it is never dropped, so it is not zero when they are.
                 ctx.pin_code(code, f"broadcast across channels by {describe(node)} (node {node.name})")
+                code = ids.with_zero(code, False)
             else:
                 ctx.unify(raw, ids.raw_ids(code))
-        zeros = [ids.zero_bits(code) for _, code, _ in operands]
+            zeros.append(ids.zero_bits(code))
         if self.combine == "sum":
             zero = torch.stack(torch.broadcast_tensors(*zeros)).all(0)
         elif self.combine == "product":
             zero = torch.stack(torch.broadcast_tensors(*zeros)).any(0)
         else:  # quotient: numerator / denominator
-            numerator, denominator = operands[0][1], operands[1][1]
+            denominator = operands[1][1]
             maybe_zero = ids.zero_bits(denominator)
             if bool(maybe_zero.any()):
                 ctx.pin(
                     ids.raw_ids(denominator)[maybe_zero],
                     f"divides by a channel that would be zero, in {describe(node)} (node {node.name})",
                 )
-            zero = ids.zero_bits(numerator).expand(shape)
+            zero = zeros[0].expand(shape)
         return ids.encode(raw, zero.expand(shape))
 
 

@@ -19,6 +19,7 @@ counts, since the kept halves need not be equal), slice bounds.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from typing import Any
 
@@ -54,10 +55,25 @@ class LayoutRule:
         return map_aggregate(out, lambda t: finish(ctx, t) if isinstance(t, torch.Tensor) else None)
 
 
+def concrete(entry: Any) -> Any:
+    """An index entry with graph-computed bounds (``x[:, :n]``) replaced by
+    the values the shape pass recorded."""
+    if isinstance(entry, slice):
+        return slice(value(entry.start), value(entry.stop), value(entry.step))
+    return value(entry)
+
+
+def int_list(entry: Any) -> bool:
+    """A list of integer indices (``x[:, [2, 0, 2]]``; not a mask of bools)."""
+    return isinstance(entry, (list, tuple)) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in entry
+    )
+
+
 def index_entries(index: Any, ndim: int) -> list[tuple[int, int, Any]]:
     """(position in the index, input dim it reads, entry) for each int/slice
-    entry of a getitem index."""
-    entries = list(index) if isinstance(index, tuple) else [index]
+    entry of a getitem index, with computed bounds as recorded values."""
+    entries = [concrete(e) for e in (index if isinstance(index, tuple) else [index])]
     used = sum(1 for e in entries if e is not None and e is not Ellipsis)
     out: list[tuple[int, int, Any]] = []
     dim = 0
@@ -89,8 +105,9 @@ class GetItemRule(LayoutRule):
         code = ctx.code(source)
         varying = set(ids.varying_dims(code))
         for _, dim, entry in index_entries(index, code.ndim):
-            step = entry.step if isinstance(entry, slice) else None
-            if dim in varying and (isinstance(entry, int) or step not in (None, 1)):
+            if dim in varying and not (
+                (isinstance(entry, slice) and entry.step in (None, 1)) or int_list(entry)
+            ):
                 ctx.pin_code(code, f"indexed channel by channel by {describe(node)} (node {node.name})")
                 break
         return super().analyze(node, ctx)
@@ -107,14 +124,69 @@ class GetItemRule(LayoutRule):
             size = cum.numel() - 1
             if isinstance(entry, int):
                 new[position] = int(cum[entry % size])
+            elif int_list(entry):  # x[:, [2, 0, 2]]: the kept ones, at their compact positions
+                kept = cum.diff().bool()
+                new[position] = [int(cum[i % size]) for i in entry if kept[i % size]]
             elif isinstance(entry, slice):
                 start, stop, _ = entry.indices(size)
                 new[position] = slice(int(cum[start]), int(cum[max(stop, start)]), entry.step)
         node.args = (source, tuple(new) if isinstance(index, tuple) else new[0])
 
 
+def _size_read(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """(tensor, dim) when ``node`` reads a tensor's size: ``x.size(d)``,
+    ``x.size()`` / ``x.shape`` (dim None: every dim), ATen ``sym_size``."""
+    if node.op == "call_method" and node.target in ("size", "numel") and node.args:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return node.args[0], dim if node.target == "size" else None
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return node.args[0], None
+    if node.op == "call_function" and node.target in (torch.numel,):
+        return node.args[0], None
+    if node.op == "call_function" and "sym_size" in str(node.target) and len(node.args) > 1:
+        return node.args[0], node.args[1]
+    return None
+
+
+def depends_on_channel_count(item: Any, codes: dict) -> bool:
+    """Whether a size computed in the graph (``c // g`` of ``b, c, h, w =
+    x.size()``) reads the size of a dim that channels vary on: in the compact
+    model that size changes, so the computed value may not be the compact one."""
+    stack = [item] if isinstance(item, fx.Node) else []
+    seen: set[fx.Node] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen or isinstance(value(node), TensorMeta):
+            continue
+        seen.add(node)
+        if node.op == "call_function" and node.target is operator.getitem:
+            read = _size_read(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            if read is not None and read[1] is None and isinstance(node.args[1], int):
+                read = (read[0], node.args[1])
+                code = codes.get(read[0].name)
+                if isinstance(code, torch.Tensor) and code.shape[read[1] % code.ndim] > 1:
+                    return True
+                continue
+        read = _size_read(node)
+        if read is not None:
+            code = codes.get(read[0].name)
+            if isinstance(code, torch.Tensor):
+                dims = range(code.ndim) if read[1] is None else [read[1] % code.ndim]
+                if any(code.shape[d] > 1 for d in dims):
+                    return True
+            continue
+        stack.extend(n for n in node.all_input_nodes)
+    return False
+
+
 class ShapeArgsRule(LayoutRule):
-    """view/reshape/expand: literal sizes become the compact sizes."""
+    """view/reshape/expand: sizes become the compact sizes.
+
+    Literal sizes are replaced. So are sizes computed in the graph from a
+    channel count: ``x.view(b, g, c // g, h, w)`` computes ``c // g`` from
+    the compact input, which is right only for one of the ways the kept
+    channels can be laid out over ``(g, c // g)``, so it becomes a literal.
+    Sizes computed from the batch or spatial dims stay computed."""
 
     name = "reshape"
 
@@ -122,6 +194,7 @@ class ShapeArgsRule(LayoutRule):
         sizes = rw.compact_shape(node)
         if sizes is None:
             return
+        codes = rw.analysis.codes
         first = 1
         shape_args = node.args[first:]
         packed = len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list))
@@ -129,7 +202,9 @@ class ShapeArgsRule(LayoutRule):
             shape_args, packed = (node.kwargs["shape"],), True
         items = list(shape_args[0] if packed else shape_args)
         for i, item in enumerate(items):
-            if isinstance(item, int) and item != -1 and i < len(sizes):
+            if i >= len(sizes) or (isinstance(item, int) and item == -1):
+                continue
+            if isinstance(item, int) or depends_on_channel_count(item, codes):
                 items[i] = sizes[i]
         if "shape" in node.kwargs and len(node.args) == 1:
             node.kwargs = {**node.kwargs, "shape": tuple(items)}
@@ -151,11 +226,13 @@ class SplitRule(LayoutRule):
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         source = node.args[0]
         dim = split_dim(node) % value(source).ndim
-        if rw.kept_prefix(source, dim) is None:
+        cum = rw.kept_prefix(source, dim)
+        if cum is None:
             return
-        pieces = rw.analysis.codes[node.name]
-        metas = value(node)
-        sizes = [rw.compact_size(code, meta.shape, dim) for code, meta in zip(pieces, metas)]
+        # Each piece keeps what the source keeps between its bounds (a piece
+        # of one channel has a code that does not vary, so its own code cannot say).
+        bounds = [0, *itertools.accumulate(meta.shape[dim] for meta in value(node))]
+        sizes = [int(cum[b]) - int(cum[a]) for a, b in zip(bounds, bounds[1:])]
         node.kwargs = {}
         node.args = (source, sizes, dim)
         if node.op == "call_method":
@@ -168,11 +245,15 @@ class NarrowRule(LayoutRule):
     name = "narrow"
 
     def rewrite(self, node: fx.Node, rw: Any) -> None:
-        source, dim, start, length = node.args[:4]
+        source = node.args[0]
+        # Bounds computed in the graph (``x.shape[1] - a``) are read as the
+        # values the shape pass recorded, and become literals.
+        dim, start, length = (value(a) for a in node.args[1:4])
         dim = dim % value(source).ndim
         cum = rw.kept_prefix(source, dim)
         if cum is None:
             return
+        start %= cum.numel() - 1
         new_start = int(cum[start])
         node.args = (source, dim, new_start, int(cum[start + length]) - new_start)
 
@@ -197,9 +278,10 @@ class UnflattenRule(LayoutRule):
 class ChannelShuffleRule:
     """Channel shuffle is view(n, g, c/g, ...) -> transpose(1, 2) -> view(n, c, ...).
 
-    Replaying that decomposition on the ids couples the same position in every
-    group, which the compact shuffle needs (it splits its *kept* channels into
-    g equal groups at run time)."""
+    The compact shuffle still has ``g`` groups and splits its *kept* channels
+    into ``g`` equal groups at run time, so the same position in every group
+    is coupled, whatever the sizes (with ``g`` >= ``c/g``, or one channel per
+    group, no other coupling would keep the count a multiple of ``g``)."""
 
     name = "channel_shuffle"
 
@@ -212,7 +294,7 @@ class ChannelShuffleRule:
         shape = tuple(value(x).shape)
         full = ids.materialize(ctx.code(x), shape)
         grid = full.reshape(shape[0], groups, shape[1] // groups, *shape[2:])
-        finish(ctx, grid)
+        ctx.unify_across(ids.compress(grid), 2)
         return finish(ctx, grid.transpose(1, 2).reshape(shape))
 
 

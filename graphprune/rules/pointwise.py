@@ -9,6 +9,7 @@ channel ids must not vary across those positions.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -111,7 +112,7 @@ ACTIVATION_MODULES = (
 ACTIVATION_FUNCTIONS = (
     torch.relu, F.relu, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.leaky_relu, F.gelu, F.silu,
     F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus,
-    torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square,
+    torch.clamp, torch.clip, torch.abs, torch.neg, operator.neg, operator.abs, torch.exp, torch.sqrt, torch.square,
     F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     torchvision.ops.stochastic_depth,
 )
