@@ -131,12 +131,6 @@ class AnalysisContext:
             self._edges_a.append(a[differ])
             self._edges_b.append(b[differ])
 
-    def unify_all(self, raw: torch.Tensor) -> None:
-        """Couple every raw id in ``raw`` with each other."""
-        flat = raw.reshape(-1)
-        if flat.numel() > 1:
-            self.unify(flat[:1].expand(flat.numel() - 1), flat[1:])
-
     def unify_across(self, code: torch.Tensor, keep_dim: int) -> None:
         """Couple elements that share an index along ``keep_dim``.
 

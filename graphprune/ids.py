@@ -15,8 +15,9 @@ vary is stored with size 1, so a conv output of shape ``(N, C, H, W)`` costs
 ``C`` integers, not ``N*C*H*W``. A compressed code broadcasts against the real
 shape.
 
-Raw id 0 is reserved: it is the *pinned* channel. Graph inputs, constants and
-the outputs of ops without a rule carry it; unifying anything with it pins it.
+Raw id 0 is reserved and never handed out (its class is always pinned).
+Graph inputs, constants and outputs of ops without a rule get fresh ids that
+are pinned with a reason, so a pinned channel says why.
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ def zero_bits(code: torch.Tensor) -> torch.Tensor:
 def with_zero(code: torch.Tensor, zero: bool) -> torch.Tensor:
     """The same ids with every zero bit set to ``zero``."""
     return (code & ~1) | int(zero)
-
-
-def pinned_code(ndim: int) -> torch.Tensor:
-    """A code for a tensor whose every element is the pinned channel."""
-    return torch.zeros((1,) * ndim, dtype=torch.int64)
 
 
 def compress(code: torch.Tensor) -> torch.Tensor:
