@@ -30,6 +30,16 @@ class PruneConfig:
     - ``min_channels``: every group keeps at least this many channels (>= 1).
     - ``round_to``: kept channels per group rounded up to a multiple of this.
     - ``ratios``: per-module ratio overrides, ``{"layer4.*": 0.7}``.
+    - ``mask_bn``: zero the biases and BatchNorm gamma/beta of dropped channels
+      as well as their filters (the paper's BN masking), so a dropped channel
+      is exactly zero. With ``False`` only filters are zeroed and a dropped
+      channel is a constant, folded into its consumers' biases where that is
+      exact (``fold_constants``) and reported where it is not.
+    - ``fold_constants``: fold the constants of dropped channels into the
+      consumers' biases (only matters with ``mask_bn=False``).
+    - ``target_flops`` / ``target_latency``: with ``mode="global"``, prune to
+      this fraction of the dense model's FLOPs or measured latency instead
+      of a fixed ratio.
     - ``verify``: ``True`` checks compact == masked and raises on mismatch,
       ``"report"`` records the result only, ``False`` skips it.
     """
@@ -42,6 +52,10 @@ class PruneConfig:
     min_channels: int = 1
     round_to: int = 1
     ratios: Mapping[str, float] = field(default_factory=dict)
+    mask_bn: bool = True
+    fold_constants: bool = True
+    target_flops: float | None = None
+    target_latency: float | None = None
     verify: bool | str = True
     tolerance: float = 1e-4
     seed: int = 0
@@ -59,6 +73,16 @@ class PruneConfig:
             raise ConfigError(f"min_channels must be an integer >= 1; got {self.min_channels!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1; got {self.round_to!r}")
+        for name in ("target_flops", "target_latency"):
+            target = getattr(self, name)
+            if target is None:
+                continue
+            if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target <= 1:
+                raise ConfigError(f"{name} must be a fraction of the dense model in (0, 1]; got {target!r}")
+            if self.mode != "global":
+                raise ConfigError(f"{name} ranks channels across the whole model: use mode='global' (got {self.mode!r})")
+        if self.target_flops is not None and self.target_latency is not None:
+            raise ConfigError("give target_flops or target_latency, not both")
         if self.verify not in VERIFY:
             raise ConfigError(f"verify must be True, False or 'report'; got {self.verify!r}")
         if not self.tolerance > 0:
