@@ -24,6 +24,7 @@ from .pipeline import CompileState, Pass, Pipeline
 from .plan import Group, PruningPlan
 from .rules import RULES, register_rule
 from .serialize import load, save
+from .training import reconstruct
 
 __version__ = "0.1.0"
 
@@ -31,5 +32,5 @@ __all__ = [
     "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",
     "Pipeline", "PipelineError", "PruneConfig", "PruneResult", "PruningPlan", "RULES", "Report",
     "ExportError", "Latency", "LoadError", "ModelError", "OnnxExport", "TraceError", "compare_latency", "export_onnx",
-    "measure_latency", "VerificationError", "load", "prune", "register_criterion", "register_rule", "save",
+    "measure_latency", "VerificationError", "load", "prune", "reconstruct", "register_criterion", "register_rule", "save",
 ]

@@ -46,6 +46,7 @@ class CompileState:
     scores: dict[str, torch.Tensor] | None = None
     plan: Any = None  # plan.PruningPlan
     masked: fx.GraphModule | None = None
+    folds: Any = None  # list[passes.fold.BiasFold]
     compact: fx.GraphModule | None = None
     verification: Any = None  # passes.verify.Verification
     measurements: dict[str, Any] = field(default_factory=dict)

@@ -37,8 +37,10 @@ import torch.nn as nn
 from .config import PruneConfig
 from .errors import LoadError
 from .passes import ChannelAnalysisPass, RewritePass, ShapePass, TracePass
+from .passes.fold import BiasFold
 from .pipeline import CompileState
 from .plan import PruningPlan
+from .tensors import get_tensor
 
 FORMAT = "graphprune.compact"
 VERSION = 1
@@ -111,6 +113,8 @@ def plan_document(result: Any) -> dict:
             "round_to": config.round_to,
         },
         "kept": kept,
+        # layers that gained a bias from folded constants (mask_bn=False)
+        "folded_biases": [[f.node, f.weight, f.out_dim] for f in (state.folds or []) if f.bias is None],
     }
 
 
@@ -229,6 +233,13 @@ def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
     class_kept = _class_kept_from_document(state.channels, document.get("kept", {}))
     state.plan = PruningPlan(state.channels, [], class_kept, ~class_kept[state.channels.class_of], "loaded", "")
     state.masked = state.graph
+    try:
+        state.folds = [
+            BiasFold(str(node), str(weight), None, int(out_dim), torch.zeros(get_tensor(state.graph, weight).shape[0]), True)
+            for node, weight, out_dim in document.get("folded_biases", [])
+        ]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise LoadError(f"{path / PLAN_FILE} has a malformed folded_biases field ({exc})") from None
     RewritePass()(state)
     compact = state.compact
 

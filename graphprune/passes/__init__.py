@@ -2,6 +2,7 @@
 
 from .channels import ChannelAnalysisPass
 from .export import ExportPass
+from .fold import FoldPass
 from .groups import GroupPass
 from .latency import LatencyPass
 from .mask import MaskPass
@@ -23,6 +24,7 @@ def default_passes() -> list:
         ScorePass(),
         SelectPass(),
         MaskPass(),
+        FoldPass(),
         RewritePass(),
         VerifyPass(),
         MeasurePass(),
@@ -30,7 +32,7 @@ def default_passes() -> list:
 
 
 __all__ = [
-    "ChannelAnalysisPass", "FRONTENDS", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
+    "ChannelAnalysisPass", "FRONTENDS", "FoldPass", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
     "ScorePass", "SelectPass", "ShapePass", "TracePass", "Verification", "VerifyPass",
     "default_passes", "register_frontend", "ExportPass", "LatencyPass",
 ]

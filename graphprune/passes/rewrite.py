@@ -10,10 +10,12 @@ shapes and slice bounds in the graph).
 from __future__ import annotations
 
 import copy
+from itertools import chain
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from .. import ids
 from ..analysis import ChannelGraph
@@ -22,6 +24,7 @@ from ..plan import PruningPlan
 from ..rules import RULES
 from ..rules.base import TensorMeta, value
 from ..tensors import get_tensor, set_tensor
+from .mask import COMPILE_KEY, bake
 
 
 class RewriteContext:
@@ -76,7 +79,7 @@ def slice_parameters(gm: fx.GraphModule, plan: PruningPlan) -> None:
             if bool(keep.all()):
                 continue
             tensor = get_tensor(gm, slot.target)
-            set_tensor(gm, slot.target, tensor.index_select(slot.dim, keep.nonzero().flatten()).clone())
+            set_tensor(gm, slot.target, tensor.index_select(slot.dim, keep.nonzero().flatten()))
     for names in names_of.values():
         for other in names[1:]:
             if dims_of[other] == dims_of[names[0]]:
@@ -94,14 +97,76 @@ def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
         setattr(module, attr, tensor)
 
 
+def light_copy(masked: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the masked model with its masks baked in, sharing (not
+    copying) its parameters and buffers: most are about to be replaced by
+    slices, so a full copy would only raise peak memory. Call
+    :func:`own_tensors` before changing any tensor in place."""
+    memo: dict[int, Any] = {id(t): t for t in chain(masked.parameters(), masked.buffers())}
+    record = masked.meta.get(COMPILE_KEY)
+    if record is not None:
+        memo[id(record)] = record
+    out = copy.deepcopy(masked, memo)
+    out.meta.pop(COMPILE_KEY, None)
+    bake(out)
+    return out
+
+
+def own_tensors(gm: nn.Module, other: nn.Module) -> None:
+    """Clone every parameter or buffer ``gm`` still shares with ``other`` (tied
+    tensors stay tied), so training one never changes the other."""
+    shared = {id(t) for t in chain(other.parameters(), other.buffers())}
+    clones: dict[int, torch.Tensor] = {}
+    for module in gm.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or id(tensor) not in shared:
+                    continue
+                if id(tensor) not in clones:
+                    clone = tensor.detach().clone()
+                    if isinstance(tensor, nn.Parameter):
+                        clone = nn.Parameter(clone, requires_grad=tensor.requires_grad)
+                    clones[id(tensor)] = clone
+                table[name] = clones[id(tensor)]
+
+
+def apply_folds(gm: fx.GraphModule, plan: PruningPlan, folds: list) -> None:
+    """Add what each layer's dropped constant inputs contributed to its bias
+    (see the fold pass), giving the layer a bias if it had none."""
+    filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for fold in folds:
+        slot = filters.get(fold.weight)
+        delta = fold.delta if slot is None else fold.delta[plan.kept(slot.ids)]
+        with torch.no_grad():
+            if fold.bias is not None:
+                get_tensor(gm, fold.bias).add_(delta.to(get_tensor(gm, fold.bias).dtype))
+                continue
+            node = nodes[fold.node]
+            bias = nn.Parameter(delta.detach().clone())
+            if node.op == "call_module":
+                gm.get_submodule(str(node.target)).bias = bias
+                continue
+            name = f"{node.name}_folded_bias"
+            gm.register_parameter(name, bias)
+            with gm.graph.inserting_before(node):
+                attr = gm.graph.get_attr(name)
+            if len(node.args) > 2:
+                node.args = node.args[:2] + (attr,) + node.args[3:]
+            else:
+                node.kwargs = {**node.kwargs, "bias": attr}
+
+
 class RewritePass:
     name = "rewrite"
     requires = ("masked", "plan")
     provides = ("compact",)
 
     def __call__(self, state: CompileState) -> None:
-        compact = copy.deepcopy(state.masked)
+        compact = light_copy(state.masked)
         slice_parameters(compact, state.plan)
+        own_tensors(compact, state.masked)
+        apply_folds(compact, state.plan, state.folds or [])
         rw = RewriteContext(compact, state.plan)
         for node in list(compact.graph.nodes):
             rule = RULES.lookup(node, compact) if node.op.startswith("call_") else None

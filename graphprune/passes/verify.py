@@ -54,6 +54,12 @@ def random_like(example: tuple, generator: torch.Generator) -> tuple:
     return tuple(out)
 
 
+def input_batches(example: tuple, seed: int, random_batches: int) -> list[tuple]:
+    """The example inputs, then seeded random inputs of the same shapes."""
+    generator = torch.Generator().manual_seed(seed)
+    return [tuple(example)] + [random_like(example, generator) for _ in range(random_batches)]
+
+
 def compare(a: Any, b: Any) -> tuple[float, float]:
     """Max absolute error and max error relative to the largest |a|."""
     la, lb = tree_leaves(a), tree_leaves(b)
@@ -136,9 +142,7 @@ class VerifyPass:
         config = state.config
         if config.verify is False:
             return
-        generator = torch.Generator().manual_seed(config.seed)
-        batches = [tuple(state.example_inputs)]
-        batches += [random_like(state.example_inputs, generator) for _ in range(self.random_batches)]
+        batches = input_batches(state.example_inputs, config.seed, self.random_batches)
         worst_abs = worst_rel = 0.0
         failing = None
         with torch.no_grad():
@@ -165,10 +169,13 @@ class VerifyPass:
                 "(the paper's AND failure); use coupling='union' for a lossless model"
             )
         if config.verify is True:
-            hint = (
-                " Pass coupling='union' for a lossless result, or verify='report' to study the mismatch."
-                if config.coupling == "intersection"
-                else " This is a graphprune bug: please report it with the model."
-            )
+            if config.coupling == "intersection":
+                hint = " Pass coupling='union' for a lossless result, or verify='report' to study the mismatch."
+            elif not config.mask_bn:
+                why = " ".join(n[0].upper() + n[1:] + "." for n in state.notes if n.startswith("not exact"))
+                hint = (f" {why or 'Without BN masking, dropped channels are constants.'} Pass mask_bn=True "
+                        "for a lossless result, or verify='report' to accept the difference.")
+            else:
+                hint = " This is a graphprune bug: please report it with the model."
             raise VerificationError(f"{result}.{hint}", result)
         state.notes.append(str(result))

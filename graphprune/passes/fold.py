@@ -1,0 +1,234 @@
+"""Fold pass: without BN masking, fold the constants of dropped channels into
+the biases of the layers that read them, where that is exact.
+
+With ``mask_bn=False`` the masked model zeroes only the filters of dropped
+channels, so a dropped channel leaves its BatchNorm (or conv bias) as a
+constant ``beta - gamma * mean / sqrt(var + eps)``, maybe changed by the
+activation after it. Removing the channel would lose that constant (the
+paper's 3-37 points of accuracy). But a constant input channel adds a fixed
+amount to every output of a linear layer, a 1x1 conv, an unpadded conv, or a
+linear layer after global pooling: the layer's bias can absorb it exactly.
+
+How, without a table of layer kinds: the masked model is run on the example
+inputs and a random batch, and the input of every conv or linear that loses
+channels is recorded. A dropped channel is a constant if it takes one value
+everywhere (every sample, every position). The layer itself is then run on a
+probe input holding only those constants; the difference from its output on
+zeros is what the constants contribute. If that contribution is the same at
+every output position, it folds into the bias exactly. If not (a padded k x k
+conv sees the constant only inside the image, not on the zero padding), the
+interior value is folded and the channels are reported as not exact; so are
+dropped channels that vary with the input (a constant times a kept signal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .. import ids
+from ..pipeline import CompileState
+from ..tensors import fresh_copy, get_tensor
+from .verify import input_batches
+
+
+@dataclass
+class BiasFold:
+    """What the dropped input channels of one layer add to its output."""
+
+    node: str  # the layer's node in the masked (and compact) graph
+    weight: str  # its weight, whose filter slot says which outputs survive
+    bias: str | None  # its bias tensor; None: the compact layer gets one
+    out_dim: int  # the activation dim the bias runs along
+    delta: torch.Tensor  # per output channel of the full-width layer
+    exact: bool
+    why: str | None = None  # why not exact
+    channels: list[int] = field(default_factory=list)  # input positions that are not exact
+
+
+@dataclass
+class _Consumer:
+    node: fx.Node
+    weight: str
+    bias: str | None | bool  # False: a computed bias that cannot absorb a fold
+    dropped: torch.Tensor  # bool, shaped like the input's channel code
+    code: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    call: Any = None  # runs the layer on another input
+
+
+def _weight_of(node: fx.Node, gm: fx.GraphModule) -> tuple[str, Any] | None:
+    """The layer's weight name and bias (name, None, or False if computed)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            return None
+        bias = f"{node.target}.bias" if getattr(module, "bias", None) is not None else None
+        return f"{node.target}.weight", bias
+    if node.op == "call_function" and len(node.args) > 1:
+        weight = node.args[1]
+        if isinstance(weight, fx.Node) and weight.op == "get_attr":
+            bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            if bias is None:
+                return str(weight.target), None
+            if isinstance(bias, fx.Node) and bias.op == "get_attr":
+                return str(weight.target), str(bias.target)
+            return str(weight.target), False
+    return None
+
+
+def _consumers(state: CompileState) -> list[_Consumer]:
+    channels, plan = state.channels, state.plan
+    inputs = {slot.target: slot for slot in channels.slots if slot.kind == "input"}
+    found = []
+    for node in state.masked.graph.nodes:
+        if node.op not in ("call_module", "call_function") or not node.args:
+            continue
+        weight = _weight_of(node, state.masked)
+        if weight is None or weight[0] not in inputs or not bool((~plan.kept(inputs[weight[0]].ids)).any()):
+            continue
+        x = node.args[0]
+        code = channels.codes.get(x.name) if isinstance(x, fx.Node) else None
+        if not isinstance(code, torch.Tensor):
+            continue
+        dropped = ~plan.class_kept[channels.class_of[ids.raw_ids(code)]]
+        if bool(dropped.any()):
+            found.append(_Consumer(node, weight[0], weight[1], dropped, code))
+    return found
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the masked model, keeping per-channel min, max and sum of each
+    consumer's input (reduced over the dims its channel code broadcasts), and
+    a way to run the consumer again."""
+
+    def __init__(self, gm: fx.GraphModule, consumers: list[_Consumer]):
+        super().__init__(gm)
+        self.by_name = {c.node.name: c for c in consumers}
+
+    def run_node(self, n: fx.Node) -> Any:
+        consumer = self.by_name.get(n.name)
+        if consumer is None:
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        x = args[0]
+        dims = [d for d in range(x.ndim) if consumer.code.shape[d] == 1]
+        low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+        total, count = x.sum(dim=dims, keepdim=True), x.numel() // max(1, high.numel())
+        s = consumer.stats
+        if s:
+            low, high = torch.minimum(low, s["low"]), torch.maximum(high, s["high"])
+            total, count = total + s["total"], count + int(s["count"])
+        consumer.stats = {"low": low, "high": high, "total": total, "count": torch.tensor(count),
+                          "shape": torch.tensor(x.shape)}
+        if consumer.call is None:
+            rest, target = args[1:], n.target
+            if n.op == "call_module":
+                module = self.module.get_submodule(str(target))
+                consumer.call = lambda probe: module(probe, *rest, **kwargs)
+            else:
+                consumer.call = lambda probe: target(probe, *rest, **kwargs)
+        return getattr(self, n.op)(n.target, args, kwargs)
+
+
+VARYING = "dropped channels that vary with the input (a constant times a kept signal, or pooled with padding), which cannot be folded"
+BORDER = ("constant dropped channels seen through a padded or strided window, which sees them only inside "
+          "the border: the fold is exact away from the border only")
+SHARED = "constant dropped channels of a layer called more than once with different constants, which share one bias"
+COMPUTED = "constant dropped channels of a layer whose bias is computed in the graph, so there is nothing to fold into"
+
+
+def _contribution(consumer: _Consumer, weight_ndim: int) -> tuple[torch.Tensor, bool, str | None, list[int]]:
+    """What the constant dropped channels add per output channel, whether that
+    is exact, and why not."""
+    s = consumer.stats
+    mean = s["total"] / s["count"]
+    spread = s["high"] - s["low"]
+    constant = spread <= 1e-5 * mean.abs() + 1e-8
+    varying = consumer.dropped & ~constant
+    value = torch.where(consumer.dropped & constant, mean, torch.zeros_like(mean))
+    shape = [1] + s["shape"].tolist()[1:]
+    probe = value.expand(shape).contiguous()
+    out_dim = -1 if weight_ndim == 2 else 1
+    with torch.no_grad():
+        delta = consumer.call(probe) - consumer.call(torch.zeros_like(probe))
+    per_out = delta.movedim(out_dim, 0).reshape(delta.shape[out_dim], -1)
+    width = per_out.amax(1) - per_out.amin(1)
+    uniform = bool((width <= 1e-5 * per_out.abs().amax(1) + 1e-7).all())
+    centre = [size // 2 for size in delta.shape]
+    centre[out_dim] = slice(None)
+    vec = delta[tuple(centre)].reshape(-1)
+    if bool(varying.any()):
+        return vec, False, VARYING, positions(varying)
+    if not uniform:
+        return vec, False, BORDER, positions(consumer.dropped)
+    return vec, True, None, []
+
+
+def positions(which: torch.Tensor) -> list[int]:
+    return which.reshape(-1).nonzero().flatten().tolist()
+
+
+def summary(folds: list[BiasFold]) -> list[str]:
+    """One note per reason a fold is not exact, naming the layers and channels."""
+    notes = []
+    for why in (VARYING, BORDER, SHARED, COMPUTED):
+        hit = [f for f in folds if f.why == why]
+        if not hit:
+            continue
+        named = "; ".join(
+            f"{f.node} (inputs {', '.join(map(str, f.channels[:6]))}{', ...' if len(f.channels) > 6 else ''})"
+            for f in hit[:4]
+        ) + (f"; and {len(hit) - 4} more layers" if len(hit) > 4 else "")
+        notes.append(f"not exact without BN masking: {len(hit)} layers read {why}: {named}")
+    return notes
+
+
+class FoldPass:
+    name = "fold"
+    requires = ("masked", "plan")
+    provides = ("folds",)
+    random_batches = 1
+
+    def __call__(self, state: CompileState) -> None:
+        state.folds = []
+        config = state.config
+        if config.mask_bn:
+            return
+        if not config.fold_constants:
+            state.notes.append("mask_bn=False and fold_constants=False: the constants of dropped channels "
+                               "are dropped with them, so the compact model is NOT the masked one (the "
+                               "paper's 'without BN masking' ablation)")
+            return
+        consumers = _consumers(state)
+        if not consumers:
+            return
+        recorder = _Recorder(state.masked, consumers)
+        with torch.no_grad():
+            for batch in input_batches(state.example_inputs, config.seed + 1, self.random_batches):
+                recorder.run(*fresh_copy(batch))
+        by_weight: dict[str, list[BiasFold]] = {}
+        for consumer in consumers:
+            weight_ndim = get_tensor(state.masked, consumer.weight).ndim
+            delta, exact, why, channels = _contribution(consumer, weight_ndim)
+            if consumer.bias is False and bool(delta.ne(0).any()):
+                exact, why, channels = False, COMPUTED, positions(consumer.dropped)
+            fold = BiasFold(consumer.node.name, consumer.weight, consumer.bias or None,
+                            -1 if weight_ndim == 2 else 1, delta, exact, why, channels)
+            by_weight.setdefault(consumer.weight, []).append(fold)
+        inexact = []
+        for folds in by_weight.values():
+            if len(folds) > 1 and not all(torch.allclose(f.delta, folds[0].delta) for f in folds):
+                for f in folds:
+                    f.exact, f.why, f.channels = False, SHARED, f.channels or positions(f.delta.ne(0))
+            inexact += [f for f in folds if not f.exact]
+            if bool(folds[0].delta.ne(0).any()) and folds[0].why != COMPUTED:
+                state.folds.append(folds[0])
+        state.notes.extend(summary(inexact))
+        if state.folds:
+            state.notes.append(f"folded the constants of dropped channels into the biases of {len(state.folds)} "
+                               f"layers ({sum(f.exact for f in state.folds)} exactly)")
+        state.extras["fold_inexact"] = inexact
