@@ -271,3 +271,13 @@ def test_saved_model_with_a_folded_bias_loads(tmp_path):
     loaded = graphprune.load(tmp_path / "m", Foldable())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.compact(x))
+
+
+def test_folding_on_the_export_frontend_adds_a_bias_to_aten_convs():
+    model, x = with_offsets(Foldable()), torch.randn(2, 3, 16, 16)
+    result = graphprune.prune(model, x, mask_bn=False, frontend="export")
+    assert result.report.frontend == "export" and result.report.exact
+    folds = {f.node: f for f in result.state.folds}
+    assert len(folds) == 3 and all(f.exact for f in folds.values())
+    created = [f for f in folds.values() if f.bias is None]
+    assert len(created) == 1 and hasattr(result.compact, f"{created[0].node}_folded_bias")
