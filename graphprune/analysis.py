@@ -103,6 +103,9 @@ class AnalysisContext:
 
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
+        # get_submodule walks the path through nn.Module.__getattr__ on every
+        # call; rules ask for a node's module many times.
+        self.modules: dict[str, torch.nn.Module] = dict(gm.named_modules(remove_duplicate=False))
         self.next_id = 1  # 0 is PINNED
         self._edges_a: list[torch.Tensor] = []
         self._edges_b: list[torch.Tensor] = []
@@ -111,6 +114,16 @@ class AnalysisContext:
         self.producers: dict[str, Producer] = {}
         self.codes: dict[str, object] = {}
         self.rule_names: dict[str, str] = {}
+
+    def module(self, target: str) -> torch.nn.Module:
+        """The submodule at ``target`` (as ``gm.get_submodule``, from a table)."""
+        found = self.modules.get(target)
+        return found if found is not None else self.gm.get_submodule(target)
+
+    def tensor(self, target: str) -> torch.Tensor:
+        """The parameter or buffer (or tensor attribute) named ``target``."""
+        owner, _, attr = target.rpartition(".")
+        return getattr(self.module(owner), attr)
 
     def code(self, arg: object) -> object:
         """The code(s) recorded for an input of a node (None for non-tensors)."""

@@ -49,7 +49,8 @@ def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
 @register_criterion("l1")
 def l1(layer: LayerView) -> torch.Tensor:
     """Sum of absolute filter weights (Li et al., 2017)."""
-    return layer.filters.abs().sum(1)
+    # vector_norm reduces without materialising |filters|, a copy of the weight.
+    return torch.linalg.vector_norm(layer.filters, ord=1, dim=1)
 
 
 @register_criterion("l2")

@@ -61,6 +61,16 @@ def materialize(code: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torc
     return code.expand(tuple(shape)).contiguous()
 
 
+def expand_dims(code: torch.Tensor, shape: torch.Size | tuple[int, ...], dims: set[int] | None) -> torch.Tensor:
+    """``code`` at full size along ``dims`` only (every dim when ``dims`` is
+    None); other dims keep their compressed size. An op that treats those
+    other dims alike at every position gives the same codes, broadcast, as
+    on the full-size tensor, for a fraction of the work."""
+    if dims is None or code.ndim != len(shape):
+        return materialize(code, shape)
+    return code.expand(tuple(s if d in dims else code.shape[d] for d, s in enumerate(shape)))
+
+
 def varying_dims(code: torch.Tensor) -> list[int]:
     """Dimensions along which a compressed code changes."""
     return [d for d in range(code.ndim) if code.shape[d] > 1]

@@ -24,7 +24,6 @@ from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
 from ..rules.base import has_tensor, opaque, value
-from ..tensors import get_tensor
 
 UNKNOWN = UnknownOpRule()
 
@@ -53,7 +52,7 @@ def resolve_ignore(gm: fx.GraphModule, patterns: tuple[str, ...], model: nn.Modu
 INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
-def mutates_first_arg(node: fx.Node, gm: fx.GraphModule) -> bool:
+def mutates_first_arg(node: fx.Node, gm: fx.GraphModule, modules: dict | None = None) -> bool:
     """Whether the op writes its result into its first input (``x += y``,
     ``x.relu_()``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
     if node.kwargs.get("inplace"):
@@ -67,7 +66,8 @@ def mutates_first_arg(node: fx.Node, gm: fx.GraphModule) -> bool:
             return bool(alias is not None and alias.is_write)
         return node.target in INPLACE_FUNCTIONS
     if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+        module = modules.get(node.target) if modules is not None else None
+        return bool(getattr(module if module is not None else gm.get_submodule(node.target), "inplace", False))
     return False
 
 
@@ -77,7 +77,7 @@ def tie_shared_tensors(ctx: AnalysisContext) -> None:
     name, so it is kept or dropped together (and the rewrite keeps it tied)."""
     by_tensor: dict[tuple[int, int], list] = {}
     for slot in ctx.slots.values():
-        by_tensor.setdefault((id(get_tensor(ctx.gm, slot.target)), slot.dim), []).append(slot)
+        by_tensor.setdefault((id(ctx.tensor(slot.target)), slot.dim), []).append(slot)
     for slots in by_tensor.values():
         first = slots[0]
         for other in slots[1:]:
@@ -107,7 +107,7 @@ class ChannelAnalysisPass:
             code = self.visit(node, ctx, state)
             ctx.codes[node.name] = code
             first = node.args[0] if node.args else None
-            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm):
+            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm, ctx.modules):
                 # Later readers of the mutated input see the op's result.
                 ctx.codes[first.name] = code
         tie_shared_tensors(ctx)
@@ -131,7 +131,7 @@ class ChannelAnalysisPass:
             return None
         if not has_tensor(value(node)):
             return None
-        rule = RULES.lookup(node, ctx.gm)
+        rule = RULES.lookup(node, ctx.gm, ctx.modules)
         code = None
         if rule is not None:
             try:
@@ -150,7 +150,7 @@ class ChannelAnalysisPass:
 
     @staticmethod
     def _claims(user: fx.Node, attribute: fx.Node, ctx: AnalysisContext) -> bool:
-        rule = RULES.lookup(user, ctx.gm)
+        rule = RULES.lookup(user, ctx.gm, ctx.modules)
         parameters = getattr(rule, "parameters", None)
         return parameters is not None and attribute in parameters(user)
 

@@ -20,43 +20,90 @@ def _owner(target: str) -> str:
     return target.rsplit(".", 1)[0] if "." in target else target
 
 
+def _concat(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensors end to end, and for each element the index of its tensor."""
+    if not tensors:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty
+    lengths = torch.tensor([t.numel() for t in tensors])
+    return torch.cat([t.reshape(-1) for t in tensors]), torch.repeat_interleave(torch.arange(len(tensors)), lengths)
+
+
+def _pairs(major: torch.Tensor, minor: torch.Tensor, minor_count: int) -> list[tuple[int, int]]:
+    """The distinct (major, minor) pairs, sorted."""
+    keys = torch.unique(major * max(minor_count, 1) + minor)
+    return [divmod(k, max(minor_count, 1)) for k in keys.tolist()]
+
+
+def _groups_touched(channels: ChannelGraph, group_of_class: torch.Tensor) -> list[list[int]]:
+    """For each slot, the groups its channels belong to, ascending. Most
+    slots lie in one group: the group changes between neighbouring ids of
+    all slots laid end to end only at a few places, and only the slots with
+    such a change inside need a sort of their own."""
+    slots = channels.slots
+    lengths = [slot.ids.numel() for slot in slots]
+    if not slots or not sum(lengths):
+        return [[] for _ in slots]
+    group = group_of_class[channels.class_of[torch.cat([slot.ids.reshape(-1) for slot in slots])]]
+    ends = torch.tensor(lengths).cumsum(0)
+    starts = ends - torch.tensor(lengths)
+    changes = (group[1:] != group[:-1]).nonzero().flatten() + 1
+    at_start = torch.zeros(group.numel() + 1, dtype=torch.bool)
+    at_start[starts] = True
+    changes = changes[~at_start[changes]]  # a change where a slot begins is not inside it
+    mixed = set(torch.searchsorted(ends, changes, right=True).tolist())
+    first = group[starts.clamp_max(group.numel() - 1)].tolist()
+    out: list[list[int]] = []
+    for s, slot in enumerate(slots):
+        if s in mixed:
+            touched = torch.unique(group_of_class[channels.class_of[slot.ids]]).tolist()
+            out.append([g for g in touched if g >= 0])
+        else:
+            out.append([first[s]] if lengths[s] and first[s] >= 0 else [])
+    return out
+
+
 def form_groups(channels: ChannelGraph) -> list[Group]:
+    # Whole-model tensor ops, not one op per layer: a Python loop per layer
+    # with a few small tensor ops each was most of this pass.
     n = channels.num_classes
-    per_producer = [torch.unique(channels.class_of[p.ids]) for p in channels.producers]
-    edges_a = [c[:1].expand(c.numel() - 1) for c in per_producer if c.numel() > 1]
-    edges_b = [c[1:] for c in per_producer if c.numel() > 1]
-    ea = torch.cat(edges_a) if edges_a else torch.empty(0, dtype=torch.int64)
-    eb = torch.cat(edges_b) if edges_b else torch.empty(0, dtype=torch.int64)
-    label = connected_components(n, ea, eb)
+    producers = [p for p in channels.producers if p.ids.numel()]
+    raw, producer_of = _concat([p.ids for p in producers])
+    cls = channels.class_of[raw]
+    first = torch.full((len(producers),), n, dtype=torch.int64).scatter_reduce_(0, producer_of, cls, reduce="amin")
+    label = connected_components(n, first[producer_of], cls)
 
     order: dict[int, int] = {}  # component label -> group index, in producer order
     producers_of: list[list[str]] = []
-    for p, classes in zip(channels.producers, per_producer):
-        root = int(label[classes[0]])
+    for p, root in zip(producers, label[first].tolist()):
         if root not in order:
             order[root] = len(order)
             producers_of.append([])
         producers_of[order[root]].append(_owner(p.weight))
-    members_of: list[list[str]] = [[] for _ in order]
     index_of_label = torch.full((n,), -1, dtype=torch.int64)
-    for root, index in order.items():
-        index_of_label[root] = index
+    if order:
+        index_of_label[torch.tensor(list(order))] = torch.tensor(list(order.values()))
     group_of_class = index_of_label[label]
-    for slot in channels.slots:
-        touched = torch.unique(group_of_class[channels.class_of[slot.ids]])
-        for g in touched[touched >= 0].tolist():
+
+    members_of: list[list[str]] = [[] for _ in order]
+    for slot, touched in zip(channels.slots, _groups_touched(channels, group_of_class)):
+        for g in touched:
             members_of[g].append(slot.target if slot.dim == 0 else f"{slot.target}[dim {slot.dim}]")
 
+    # The distinct reasons pinning each group's classes, first cause first.
+    reasons_of: list[list[str]] = [[] for _ in order]
+    pinned_classes = (channels.pinned & (group_of_class >= 0) & (channels.reason_of >= 0)).nonzero().flatten()
+    for g, r in _pairs(group_of_class[pinned_classes], channels.reason_of[pinned_classes], len(channels.reasons)):
+        reasons_of[g].append(channels.reasons[r])
+
     sort = torch.argsort(group_of_class, stable=True)
-    counts = torch.bincount(group_of_class[group_of_class >= 0], minlength=len(order))
+    counts = torch.bincount(group_of_class[group_of_class >= 0], minlength=len(order)).tolist()
     start = int((group_of_class < 0).sum())
     groups = []
     for index, names in enumerate(producers_of):
-        classes = sort[start : start + int(counts[index])]
-        start += int(counts[index])
-        pinned = channels.pinned[classes]
-        reasons = channels.pin_reasons(classes[pinned])
-        groups.append(Group(index, names[0], classes, names, members_of[index], pinned, reasons))
+        classes = sort[start : start + counts[index]]
+        start += counts[index]
+        groups.append(Group(index, names[0], classes, names, members_of[index], channels.pinned[classes], reasons_of[index]))
     return groups
 
 

@@ -11,10 +11,18 @@ import torch
 from ..criteria import CRITERIA, LayerView
 from ..errors import ConfigError
 from ..pipeline import CompileState
-from ..tensors import get_tensor
 
 
-def layer_view(gm: torch.nn.Module, producer, generator: torch.Generator) -> LayerView:
+def layer_view(gm: torch.nn.Module, producer, generator: torch.Generator,
+               modules: dict[str, torch.nn.Module] | None = None) -> LayerView:
+    """What the criterion sees of ``producer`` (``modules``: name -> module of
+    ``gm``, to skip walking module paths)."""
+
+    def get_tensor(root: torch.nn.Module, target: str) -> torch.Tensor:
+        owner, _, attr = target.rpartition(".")
+        module = modules.get(owner) if modules is not None else None
+        return getattr(module if module is not None else root.get_submodule(owner), attr)
+
     weight = get_tensor(gm, producer.weight).detach()
     filters = weight.movedim(producer.filter_dim, 0)
     filters = filters.reshape(filters.shape[0], -1)
@@ -40,9 +48,10 @@ class ScorePass:
         criterion = CRITERIA[state.config.criterion]
         generator = torch.Generator().manual_seed(state.config.seed)
         scores = {}
+        modules = dict(state.graph.named_modules(remove_duplicate=False))
         with torch.no_grad():
             for producer in state.channels.producers:
-                view = layer_view(state.graph, producer, generator)
+                view = layer_view(state.graph, producer, generator, modules)
                 s = criterion(view).reshape(-1).float()
                 if s.numel() != producer.ids.numel():
                     raise ConfigError(

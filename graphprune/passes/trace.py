@@ -3,8 +3,12 @@
 Frontends are registered by name; ``fx`` (``torch.fx.symbolic_trace``) is the
 default. A second frontend (``torch.export`` for models with Python control
 flow on tensors) plugs in with :func:`register_frontend` and
-``PruneConfig(frontend=...)``. The model is deep-copied and put in eval mode
-first: the caller's model is never touched.
+``PruneConfig(frontend=...)``. The model is copied and put in eval mode
+first: the caller's model is never touched. The copy has its own modules and
+buffers but shares the parameter tensors with the caller's model (see
+:func:`private_copy`): no pass writes into ``state.graph``'s parameters (the
+mask and rewrite passes work on copies of their own), and copying every weight
+would cost the whole model's size in memory and a large part of the compile time.
 """
 
 from __future__ import annotations
@@ -137,6 +141,19 @@ def auto_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             raise TraceError(f"{fx_error} The torch.export frontend failed too: {export_error}") from export_error
 
 
+def private_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose modules, attributes and buffers are its own,
+    but whose parameters are the caller's tensors.
+
+    Modules, their training flags and every other attribute are copied, so
+    ``eval()``, a frontend that switches a head to dynamic shapes, or a
+    forward that updates a buffer leave the caller's model alone. Parameter
+    tensors are shared (tied parameters stay tied): graphprune reads them and
+    never writes them (masking and slicing happen in copies)."""
+    memo = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+    return copy.deepcopy(model, memo)
+
+
 class TracePass:
     name = "trace"
     requires: tuple[str, ...] = ()
@@ -148,7 +165,7 @@ class TracePass:
             raise ConfigError(
                 f"unknown frontend {state.config.frontend!r}; registered: {', '.join(sorted(FRONTENDS))}"
             )
-        model = copy.deepcopy(state.model)
+        model = private_copy(state.model)
         if state.model.training:
             state.notes.append("the model was in training mode; it was compiled in eval mode")
         model.eval()

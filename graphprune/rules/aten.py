@@ -20,7 +20,7 @@ from ..tensors import get_tensor
 from .base import TensorMeta, describe, value
 from .creating import ConvCall, conv_channels, linear_channels
 from .elementwise import ElementwiseRule, ProductRule, QuotientRule
-from .layout import LayoutRule, ShapeArgsRule, SplitRule
+from .layout import ConcatRule, DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule, StackRule
 from .normalization import ChannelMixingNormRule, batch_norm_channels
 from .pointwise import PointwiseRule, SpatialRule
 from .reduction import ReductionRule, SoftmaxRule
@@ -161,6 +161,10 @@ class AtenSliceRule(LayoutRule):
             ctx.pin_code(code, f"sliced with a step by {describe(node)} (node {node.name})")
         return super().analyze(node, ctx)
 
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        dim = argument(node, 1, "dim", 0)
+        return {dim % ctx.code(node.args[0]).ndim} if isinstance(dim, int) else None
+
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         source = node.args[0]
         dim = argument(node, 1, "dim", 0) % value(source).ndim
@@ -182,6 +186,10 @@ class AtenSelectRule(LayoutRule):
         if argument(node, 1, "dim", 0) % code.ndim in ids.varying_dims(code):
             ctx.pin_code(code, f"indexed channel by channel by {describe(node)} (node {node.name})")
         return super().analyze(node, ctx)
+
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        dim = argument(node, 1, "dim", 0)
+        return {dim % ctx.code(node.args[0]).ndim} if isinstance(dim, int) else None
 
 
 register_rule(*AtenConvRule.layouts)(AtenConvRule)
@@ -212,10 +220,10 @@ register_rule(*ops(
 ))(ElementwiseRule)
 register_rule(*ops("mul.Tensor", "mul_.Tensor", "mul.Scalar", "mul_.Scalar"))(ProductRule)
 register_rule(*ops("div.Tensor", "div_.Tensor", "div.Scalar", "div_.Scalar"))(QuotientRule)
-register_rule(*ops(
-    "cat.default", "permute.default", "transpose.int", "unsqueeze.default", "squeeze.dim", "squeeze.dims",
-    "flatten.using_ints", "t.default", "stack.default",
-))(LayoutRule)
+register_rule(*ops("squeeze.dim", "squeeze.dims", "flatten.using_ints"))(LayoutRule)
+register_rule(*ops("permute.default", "transpose.int", "unsqueeze.default", "t.default"))(DimMovingRule)
+register_rule(*ops("cat.default"))(ConcatRule)
+register_rule(*ops("stack.default"))(StackRule)
 register_rule(*ops("view.default", "reshape.default", "_unsafe_view.default", "expand.default"))(ShapeArgsRule)
 register_rule(*ops("split.Tensor", "split_with_sizes.default", "chunk.default"))(SplitRule)
 register_rule(*ops("slice.Tensor"))(AtenSliceRule)

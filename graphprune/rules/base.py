@@ -70,10 +70,12 @@ def substitute(node: fx.Node, tensor: Callable[[fx.Node], Any]) -> tuple[tuple, 
     return tuple(args), dict(kwargs)
 
 
-def call(node: fx.Node, gm: fx.GraphModule, args: tuple, kwargs: dict) -> Any:
-    """Run the node's op on the given arguments."""
+def call(node: fx.Node, gm: fx.GraphModule, args: tuple, kwargs: dict, modules: dict | None = None) -> Any:
+    """Run the node's op on the given arguments (``modules``: name -> module
+    of ``gm``, to skip walking the module path)."""
     if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
+        module = modules.get(node.target) if modules is not None else None
+        return (module if module is not None else gm.get_submodule(node.target))(*args, **kwargs)
     if node.op == "call_method":
         self_arg, *rest = args
         return getattr(self_arg, node.target)(*rest, **kwargs)

@@ -105,7 +105,7 @@ class ConvRule:
     transposed = False
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
-        module = ctx.gm.get_submodule(node.target)
+        module = ctx.module(node.target)
         path = str(node.target)
         conv = ConvCall(
             path, node.args[0], qualified(path, "weight"),
@@ -154,7 +154,7 @@ class LinearRule:
     name = "linear"
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
-        module = ctx.gm.get_submodule(node.target)
+        module = ctx.module(node.target)
         path = str(node.target)
         bias = qualified(path, "bias") if module.bias is not None else None
         return linear_channels(node, ctx, path, node.args[0], qualified(path, "weight"), bias,

@@ -46,13 +46,67 @@ def finish(ctx: Any, code: torch.Tensor) -> torch.Tensor:
 class LayoutRule:
     name = "layout"
 
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        """Dims of the inputs that the op must see at their real size (None:
+        all of them). An op that moves dims around without looking at their
+        size (permute, cat along another dim) runs on compressed codes."""
+        return None
+
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
-        args, kwargs = substitute(node, lambda n: ids.materialize(ctx.code(n), value(n).shape))
+        dims = self.materialized_dims(node, ctx)
+        args, kwargs = substitute(node, lambda n: ids.expand_dims(ctx.code(n), value(n).shape, dims))
         try:
-            out = call(node, ctx.gm, args, kwargs)
+            out = call(node, ctx.gm, args, kwargs, getattr(ctx, "modules", None))
         except Exception:  # the op refuses integer tensors: let the unknown rule pin it
             return None
         return map_aggregate(out, lambda t: finish(ctx, t) if isinstance(t, torch.Tensor) else None)
+
+
+class DimMovingRule(LayoutRule):
+    """permute, transpose, movedim, unsqueeze, t: dims move, sizes do not
+    matter, so the op runs on the compressed codes as they are."""
+
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        return set()
+
+
+def _node_codes(nodes: Any, ctx: Any) -> list[torch.Tensor] | None:
+    """The codes of a list of tensor nodes, or None if any is not a tensor."""
+    if not isinstance(nodes, (list, tuple)) or not nodes:
+        return None
+    codes = []
+    for n in nodes:
+        code = ctx.code(n) if isinstance(n, fx.Node) else None
+        meta = value(n)
+        if not isinstance(code, torch.Tensor) or not isinstance(meta, TensorMeta) or code.ndim != meta.ndim:
+            return None
+        codes.append(code)
+    return codes if len({c.ndim for c in codes}) == 1 else None
+
+
+class ConcatRule(LayoutRule):
+    """cat/stack: only the dims along which some input's channels vary (and,
+    for cat, the dim joined) need their real size; the others are size 1 in
+    every input and stay so. This keeps a DenseNet, which concatenates every
+    earlier feature map at every layer, linear in the channels, not in the
+    feature-map elements."""
+
+    stack = False
+
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        codes = _node_codes(tensors, ctx)
+        if codes is None or not isinstance(dim, int) or isinstance(dim, bool):
+            return None
+        dims = {d for code in codes for d in ids.varying_dims(code)}
+        if not self.stack:
+            dims.add(dim % codes[0].ndim)
+        return dims
+
+
+class StackRule(ConcatRule):
+    stack = True
 
 
 def concrete(entry: Any) -> Any:
@@ -111,6 +165,14 @@ class GetItemRule(LayoutRule):
                 ctx.pin_code(code, f"indexed channel by channel by {describe(node)} (node {node.name})")
                 break
         return super().analyze(node, ctx)
+
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        # Only the dims the index reads; None (new axes) and Ellipsis read none.
+        source, index = node.args[0], node.args[1]
+        code = ctx.code(source)
+        if not isinstance(code, torch.Tensor):
+            return None
+        return {dim for _, dim, _ in index_entries(index, code.ndim)}
 
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         source, index = node.args[0], node.args[1]
@@ -223,6 +285,13 @@ class SplitRule(LayoutRule):
 
     name = "split"
 
+    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+        code = ctx.code(node.args[0]) if node.args else None
+        dim = split_dim(node)
+        if not isinstance(code, torch.Tensor) or not isinstance(dim, int) or isinstance(dim, bool):
+            return None
+        return {dim % code.ndim}
+
     def rewrite(self, node: fx.Node, rw: Any) -> None:
         source = node.args[0]
         dim = split_dim(node) % value(source).ndim
@@ -288,7 +357,7 @@ class ChannelShuffleRule:
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
         x = node.args[0]
         if node.op == "call_module":
-            groups = ctx.gm.get_submodule(node.target).groups
+            groups = ctx.module(node.target).groups
         else:
             groups = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
         shape = tuple(value(x).shape)
@@ -299,13 +368,14 @@ class ChannelShuffleRule:
 
 
 register_rule(
-    torch.flatten, torch.permute, torch.transpose, torch.swapaxes, torch.cat, torch.concat,
-    torch.concatenate, torch.unsqueeze, torch.squeeze, torch.stack, torch.movedim,
-    torch.t,
-    "flatten", "permute", "transpose", "unsqueeze", "squeeze", "movedim", "t",
-    "expand_as", "view_as", "reshape_as", "repeat",
-    nn.Flatten,
+    torch.flatten, torch.squeeze, "flatten", "squeeze", "expand_as", "view_as", "reshape_as", "repeat", nn.Flatten,
 )(LayoutRule)
+register_rule(
+    torch.permute, torch.transpose, torch.swapaxes, torch.unsqueeze, torch.movedim, torch.t,
+    "permute", "transpose", "unsqueeze", "movedim", "t",
+)(DimMovingRule)
+register_rule(torch.cat, torch.concat, torch.concatenate)(ConcatRule)
+register_rule(torch.stack)(StackRule)
 register_rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle)(ChannelShuffleRule)
 register_rule(operator.getitem)(GetItemRule)
 register_rule(torch.reshape, "view", "reshape", "expand")(ShapeArgsRule)

@@ -47,7 +47,7 @@ class BatchNormRule:
     name = "batch_norm"
 
     def analyze(self, node: fx.Node, ctx: Any) -> Any:
-        module = ctx.gm.get_submodule(node.target)
+        module = ctx.module(node.target)
         path = str(node.target)
         affine = module.affine
         stats = module.running_mean is not None

@@ -23,21 +23,33 @@ from .base import TensorMeta, call, describe, qualified, substitute, tensor_args
 from .registry import register_rule
 
 
-def maps_zero_to_zero(node: fx.Node, ctx: Any) -> bool:
-    """Run the op with every tensor input set to zero; True if all outputs are zero."""
+def maps_zero_to_zero(node: fx.Node, ctx: Any, elementwise: bool = False) -> bool:
+    """Run the op with every tensor input set to zero; True if all outputs are zero.
 
-    def zeros(n: fx.Node) -> torch.Tensor:
+    An ``elementwise`` op computes each output element from the input element
+    at the same position (and per-channel parameters), so its answer on zeros
+    does not depend on the spatial size: it runs on inputs whose dims past the
+    channel dim are cut to 1 where the channel ids do not vary along them
+    (at full size only if the op refuses that shape)."""
+
+    def zeros(n: fx.Node, small: bool) -> torch.Tensor:
         meta = value(n)
-        return torch.zeros(meta.shape, dtype=meta.dtype)
+        shape = tuple(meta.shape)
+        code = ctx.code(n) if small else None
+        if isinstance(code, torch.Tensor) and code.ndim == len(shape):
+            shape = tuple(s if d < 2 or code.shape[d] > 1 else 1 for d, s in enumerate(shape))
+        return torch.zeros(shape, dtype=meta.dtype)
 
-    args, kwargs = substitute(node, zeros)
-    with torch.no_grad():
-        try:
-            out = call(node, ctx.gm, args, kwargs)
-        except Exception:  # an op that cannot run on zeros proves nothing
-            return False
-    if isinstance(out, torch.Tensor):
-        return bool((out == 0).all())
+    for small in (True, False) if elementwise else (False,):
+        args, kwargs = substitute(node, lambda n, small=small: zeros(n, small))
+        with torch.no_grad():
+            try:
+                out = call(node, ctx.gm, args, kwargs, getattr(ctx, "modules", None))
+            except Exception:  # an op that cannot run on zeros proves nothing
+                if small:
+                    continue
+                return False
+        return isinstance(out, torch.Tensor) and bool((out == 0).all())
     return False
 
 
@@ -62,7 +74,7 @@ class PointwiseRule:
                 for d in mixed:
                     code = code.narrow(d, 0, 1)
         self.add_slots(node, ctx, code)
-        if not maps_zero_to_zero(node, ctx):
+        if not maps_zero_to_zero(node, ctx, elementwise=not self.spatial):
             code = ids.with_zero(code, False)
         return code.contiguous()
 
@@ -79,7 +91,7 @@ class PReLURule(PointwiseRule):
     name = "prelu"
 
     def add_slots(self, node: fx.Node, ctx: Any, code: torch.Tensor) -> None:
-        module = ctx.gm.get_submodule(node.target)
+        module = ctx.module(node.target)
         if module.num_parameters > 1:
             from .base import channel_line
 

@@ -60,7 +60,7 @@ class SoftmaxRule:
         x = node.args[0]
         code = ctx.code(x)
         if node.op == "call_module":
-            dim = ctx.gm.get_submodule(node.target).dim
+            dim = ctx.module(node.target).dim
         else:
             dim = argument(node, 1, "dim", None)
         if dim is None or (dim % code.ndim) in ids.varying_dims(code):

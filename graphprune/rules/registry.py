@@ -48,12 +48,16 @@ class RuleRegistry:
                 raise TypeError(f"cannot register a rule for {target!r}")
         return rule
 
-    def lookup(self, node: fx.Node, gm: fx.GraphModule) -> OpRule | None:
+    def lookup(self, node: fx.Node, gm: fx.GraphModule, modules: dict | None = None) -> OpRule | None:
+        """The rule for ``node``; ``modules`` (name -> module of ``gm``), when
+        given, saves walking the module path."""
         if node.op == "call_module":
-            try:
-                module = gm.get_submodule(node.target)
-            except AttributeError:  # not a module (an exported graph's guard function)
-                return None
+            module = modules.get(node.target) if modules is not None else None
+            if module is None:
+                try:
+                    module = gm.get_submodule(node.target)
+                except AttributeError:  # not a module (an exported graph's guard function)
+                    return None
             for cls in type(module).__mro__:
                 rule = self._modules.get(cls)
                 if rule is not None:
