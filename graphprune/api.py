@@ -15,7 +15,12 @@ from .errors import ConfigError, ModelError
 from .pipeline import CompileState, Pipeline
 from .plan import PruningPlan
 
-NOT_COMPILE = frozenset({"verify", "measure", "export", "latency"})
+# Not part of building the compact model: checking it, measuring it, exporting
+# it, and the masked model (a trainable reference for verification and
+# fine-tuning, built after the compact model).
+NOT_COMPILE = frozenset({"mask", "verify", "measure", "export", "latency"})
+BUDGET_KEYS = ("target_flops", "flops_fraction", "target_latency", "latency_fraction",
+               "latency_dense_ms", "latency_compact_ms", "latency_flops_fraction")
 
 
 @dataclass
@@ -34,10 +39,13 @@ class Report:
     timings: dict[str, float]
     prunable_fraction: float | None
     notes: list[str] = field(default_factory=list)
+    #: with target_flops / target_latency: the target and what was achieved (see graphprune.budget)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
-        """Time to the compact model: every pass but checking, measuring and exporting."""
+        """Time to the compact model: every pass but building the masked model,
+        checking, measuring and exporting."""
         return sum(v for k, v in self.timings.items() if k not in NOT_COMPILE)
 
     def __str__(self) -> str:
@@ -51,6 +59,13 @@ class Report:
             f"verify:   {self.verification if self.verification is not None else 'skipped'}",
             "time:     " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
         ]
+        if "target_flops" in self.budget:
+            lines.append(f"budget:   FLOPs target {self.budget['target_flops']:g}, "
+                         f"achieved {self.budget['flops_fraction']:.4f} of dense")
+        if "target_latency" in self.budget:
+            b = self.budget
+            lines.append(f"budget:   latency target {b['target_latency']:g}, achieved {b['latency_fraction']:.3f} "
+                         f"of dense ({b['latency_dense_ms']:.2f} -> {b['latency_compact_ms']:.2f} ms, medians)")
         lines += [f"note:     {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -89,6 +104,8 @@ def check_finite(model: nn.Module) -> None:
     tensors += [("buffer", n, t) for n, t in model.named_buffers()]
     for kind, name, tensor in tensors:
         if tensor.is_floating_point() or tensor.is_complex():
+            if bool(torch.isfinite(tensor.detach().sum())):
+                continue  # a NaN or inf makes the sum non-finite (so does overflow: then look closer)
             finite = torch.isfinite(tensor.detach())
             if not bool(finite.all()):
                 nan = int(torch.isnan(tensor.detach()).sum())
@@ -184,4 +201,5 @@ def build_report(state: CompileState) -> Report:
         timings=dict(state.timings),
         prunable_fraction=state.channels.prunable_fraction if state.channels is not None else None,
         notes=notes,
+        budget={k: m[k] for k in BUDGET_KEYS if k in m},
     )

@@ -35,6 +35,8 @@ from .errors import GraphpruneError
 
 EXAMPLES = """examples:
   graphprune prune resnet18 --ratio 0.5 -o resnet18_pruned.onnx
+  graphprune prune resnet50 --target-flops 0.5 --round-to 8
+  graphprune prune mobilenet_v3_large --target-latency 0.6
   graphprune prune mypkg.models:build_net --weights net.pt --input-shape 1,3,128,128 --save out/
   graphprune prune yolov8n.yaml --input-shape 1,3,640,640 -o yolov8n_pruned.onnx
   graphprune inspect resnet50 --input-shape 1,3,64,64
@@ -161,9 +163,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_prune_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to drop, in [0, 1) (default 0.5)")
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to drop, in [0, 1) (default 0.5)")
+    p.add_argument("--target-flops", type=float, default=None, metavar="F",
+                   help="prune to this fraction of the dense FLOPs, in (0, 1] (implies --mode global)")
+    p.add_argument("--target-latency", type=float, default=None, metavar="F",
+                   help="prune to this fraction of the dense ONNX Runtime latency, measured (implies --mode global)")
     p.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), help="default l1")
-    p.add_argument("--mode", default="per_layer", choices=MODES, help="default per_layer")
+    p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
     p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules (or glob patterns) to keep as they are")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels per group a multiple of N")
@@ -266,10 +272,24 @@ def _model_and_inputs(args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.
     return model, (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
 
 
+def _targets(args: argparse.Namespace) -> dict[str, float]:
+    return {name: getattr(args, name) for name in ("target_flops", "target_latency") if getattr(args, name) is not None}
+
+
 def _config(args: argparse.Namespace) -> dict:
+    targets = _targets(args)
+    if targets:
+        flag = "--" + next(iter(targets)).replace("_", "-")
+        if args.mode not in (None, "global"):
+            raise UsageError(f"{flag} ranks channels across the whole model, so it implies --mode global; "
+                             f"drop --mode {args.mode}")
+        if args.ratio is not None:
+            raise UsageError(f"give --ratio or {flag}, not both: the target decides how much is pruned")
     options = dict(
-        ratio=args.ratio, criterion=args.criterion, mode=args.mode, coupling=args.coupling,
+        ratio=0.5 if args.ratio is None else args.ratio, criterion=args.criterion,
+        mode=args.mode or ("global" if targets else "per_layer"), coupling=args.coupling,
         ignore=tuple(args.ignore), round_to=args.round_to, min_channels=args.min_channels, seed=args.seed,
+        **targets,
     )
     PruneConfig(**options)  # validate before any work
     return options
@@ -333,9 +353,31 @@ def report_document(result, latency: dict | None, onnx: Any = None, onnx_path: s
             "exporter": onnx.exporter, "opset": onnx.opset, "max_abs_error": onnx.max_abs_error,
         },
         "channels": {"before": result.plan.channels_before, "after": result.plan.channels_after},
+        "budget": r.budget or None,
         "timings_s": r.timings,
         "notes": r.notes,
     }
+
+
+def setting(options: dict) -> str:
+    """How much was asked for, in words: the ratio, or the target."""
+    if options.get("target_flops") is not None:
+        return f"target FLOPs {options['target_flops']:g}"
+    if options.get("target_latency") is not None:
+        return f"target latency {options['target_latency']:g}"
+    return f"ratio {options['ratio']:g}"
+
+
+def budget_rows(report) -> list[list[str]]:
+    """Target vs achieved, for a compile with target_flops or target_latency."""
+    b = report.budget
+    rows = []
+    if "target_flops" in b:
+        rows.append(["FLOPs target", "", f"{b['target_flops']:.1%}", f"achieved {b['flops_fraction']:.1%}"])
+    if "target_latency" in b:
+        rows.append(["latency target (search, ms)", f"{b['latency_dense_ms']:.2f}", f"{b['latency_compact_ms']:.2f}",
+                     f"achieved {b['latency_fraction']:.1%} vs target {b['target_latency']:.1%}"])
+    return rows
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -381,8 +423,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if latency:
         rows.append(["ORT latency (ms)", f"{latency['dense_ms']:.2f}", f"{latency['compact_ms']:.2f}",
                      f"{latency['speedup']:.2f}x faster"])
+    rows += budget_rows(r)
     rows.append(["max error vs masked", "", f"{r.max_abs_error:.2e}", "exact" if r.exact else "NOT EXACT"])
-    print_table(f"graphprune {args.model}: ratio {args.ratio}, {args.criterion}, {args.mode}",
+    print_table(f"graphprune {args.model}: {setting(options)}, {args.criterion}, {options['mode']}",
                 ["", "dense", "pruned", "change"], rows)
     for path in (args.output, args.save, args.report):
         if path:
@@ -460,13 +503,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     flops_ratio = r.flops_before / r.flops_after
     print_table(
-        f"{args.model} at ratio {args.ratio} ({args.criterion}, {args.mode}), ONNX Runtime, {latency['threads']} threads",
+        f"{args.model} at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
+        f"{latency['threads']} threads",
         ["", "dense", "pruned", "ratio"],
         [
             ["parameters", human(r.params_before), human(r.params_after), f"{r.params_before / r.params_after:.2f}x"],
             ["FLOPs", human(r.flops_before), human(r.flops_after), f"{flops_ratio:.2f}x"],
             ["latency (ms, median)", f"{latency['dense_ms']:.2f}", f"{latency['compact_ms']:.2f}",
              f"{latency['speedup']:.2f}x"],
+            *budget_rows(r),
         ],
     )
     print(f"measured speed-up {latency['speedup']:.2f}x vs FLOPs reduction {flops_ratio:.2f}x")

@@ -37,7 +37,7 @@ import torch.nn as nn
 from .config import PruneConfig
 from .errors import LoadError
 from .passes import ChannelAnalysisPass, RewritePass, ShapePass, TracePass
-from .passes.fold import BiasFold
+from .passes.fold import BiasFold, apply_folds
 from .pipeline import CompileState
 from .plan import PruningPlan
 from .tensors import get_tensor
@@ -232,7 +232,6 @@ def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
         p(state)
     class_kept = _class_kept_from_document(state.channels, document.get("kept", {}))
     state.plan = PruningPlan(state.channels, [], class_kept, ~class_kept[state.channels.class_of], "loaded", "")
-    state.masked = state.graph
     try:
         state.folds = [
             BiasFold(str(node), str(weight), None, int(out_dim), torch.zeros(get_tensor(state.graph, weight).shape[0]), True)
@@ -242,6 +241,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
         raise LoadError(f"{path / PLAN_FILE} has a malformed folded_biases field ({exc})") from None
     RewritePass()(state)
     compact = state.compact
+    apply_folds(compact, state.plan, state.folds)
+    compact.recompile()
 
     expected = compact.state_dict()
     missing = sorted(set(expected) - set(state_dict))

@@ -76,5 +76,5 @@ def reconstruct(
         model=model, example_inputs=inputs, config=config, graph=frozen, frontend=record.frontend,
         channels=record.plan.channels, groups=record.plan.groups, plan=record.plan, masked=frozen,
     )
-    Pipeline([FoldPass(), RewritePass(), VerifyPass(), MeasurePass()]).run(state)
+    Pipeline([RewritePass(), FoldPass(), VerifyPass(), MeasurePass()]).run(state)
     return PruneResult(state.compact, frozen, state.plan, build_report(state), state)

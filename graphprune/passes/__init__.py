@@ -23,9 +23,9 @@ def default_passes() -> list:
         GroupPass(),
         ScorePass(),
         SelectPass(),
+        RewritePass(),
         MaskPass(),
         FoldPass(),
-        RewritePass(),
         VerifyPass(),
         MeasurePass(),
     ]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from .. import ids
 from ..pipeline import CompileState
@@ -187,9 +188,36 @@ def summary(folds: list[BiasFold]) -> list[str]:
     return notes
 
 
+def apply_folds(gm: fx.GraphModule, plan: Any, folds: list[BiasFold]) -> None:
+    """Add what each layer's dropped constant inputs contributed to its bias
+    (see the fold pass), giving the layer a bias if it had none."""
+    filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for fold in folds:
+        slot = filters.get(fold.weight)
+        delta = fold.delta if slot is None else fold.delta[plan.kept(slot.ids)]
+        with torch.no_grad():
+            if fold.bias is not None:
+                get_tensor(gm, fold.bias).add_(delta.to(get_tensor(gm, fold.bias).dtype))
+                continue
+            node = nodes[fold.node]
+            bias = nn.Parameter(delta.detach().clone())
+            if node.op == "call_module":
+                gm.get_submodule(str(node.target)).bias = bias
+                continue
+            name = f"{node.name}_folded_bias"
+            gm.register_parameter(name, bias)
+            with gm.graph.inserting_before(node):
+                attr = gm.graph.get_attr(name)
+            if len(node.args) > 2:
+                node.args = node.args[:2] + (attr,) + node.args[3:]
+            else:
+                node.kwargs = {**node.kwargs, "bias": attr}
+
+
 class FoldPass:
     name = "fold"
-    requires = ("masked", "plan")
+    requires = ("masked", "compact", "plan")
     provides = ("folds",)
     random_batches = 1
 
@@ -232,3 +260,6 @@ class FoldPass:
             state.notes.append(f"folded the constants of dropped channels into the biases of {len(state.folds)} "
                                f"layers ({sum(f.exact for f in state.folds)} exactly)")
         state.extras["fold_inexact"] = inexact
+        apply_folds(state.compact, state.plan, state.folds)
+        state.compact.graph.lint()
+        state.compact.recompile()

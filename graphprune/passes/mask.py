@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import torch
@@ -129,7 +130,15 @@ class MaskPass:
     provides = ("masked",)
 
     def __call__(self, state: CompileState) -> None:
-        masked = copy.deepcopy(state.graph)
+        # Its own tensors (it is trained; the graph's are the caller's), tied
+        # ones still tied: cloned into the memo, which is faster than letting
+        # deepcopy pickle its way through each parameter.
+        memo: dict[int, Any] = {}
+        for tensor in chain(state.graph.parameters(), state.graph.buffers()):
+            if id(tensor) not in memo:
+                clone = tensor.detach().clone()
+                memo[id(tensor)] = nn.Parameter(clone, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else clone
+        masked = copy.deepcopy(state.graph, memo)
         kinds = None if state.config.mask_bn else FILTER_KINDS
         apply_masks(masked, state.channels, state.plan.raw_dropped, kinds)
         masked.meta[COMPILE_KEY] = CompileRecord(

@@ -1,7 +1,9 @@
 """Rewrite pass: the compact model, physically smaller.
 
-Starts from the masked model (the compact model must compute what the masked
-model computes, including channels a layer zeroed but the union kept), slices every parameter and buffer indexed by channels to the kept channels,
+Starts from the traced graph with the masks of the plan applied (the compact
+model must compute what the masked model computes, including channels a layer
+zeroed but the union kept), slices every parameter and buffer indexed by
+channels to the kept channels,
 then lets each node's op rule fix what the node encodes about channel counts
 (module attributes such as ``in_channels`` and ``groups``; split sizes, view
 shapes and slice bounds in the graph).
@@ -24,7 +26,7 @@ from ..plan import PruningPlan
 from ..rules import RULES
 from ..rules.base import TensorMeta, value
 from ..tensors import get_tensor, set_tensor
-from .mask import COMPILE_KEY, bake
+from .mask import COMPILE_KEY, FILTER_KINDS, bake, keep_masks
 
 
 class RewriteContext:
@@ -97,19 +99,27 @@ def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
         setattr(module, attr, tensor)
 
 
-def light_copy(masked: fx.GraphModule) -> fx.GraphModule:
-    """A copy of the masked model with its masks baked in, sharing (not
-    copying) its parameters and buffers: most are about to be replaced by
-    slices, so a full copy would only raise peak memory. Call
-    :func:`own_tensors` before changing any tensor in place."""
-    memo: dict[int, Any] = {id(t): t for t in chain(masked.parameters(), masked.buffers())}
-    record = masked.meta.get(COMPILE_KEY)
+def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` (any channel masks baked in) that shares, not copies,
+    its parameters and buffers: most are about to be replaced by slices, so
+    a full copy would only raise peak memory. Call :func:`own_tensors`
+    before changing any tensor in place."""
+    memo: dict[int, Any] = {id(t): t for t in chain(gm.parameters(), gm.buffers())}
+    record = gm.meta.get(COMPILE_KEY)
     if record is not None:
         memo[id(record)] = record
-    out = copy.deepcopy(masked, memo)
+    out = copy.deepcopy(gm, memo)
     out.meta.pop(COMPILE_KEY, None)
     bake(out)
     return out
+
+
+def zero_dropped(gm: fx.GraphModule, masks: dict[str, torch.Tensor]) -> None:
+    """Multiply the masks into their tensors, out of place (the tensors may be
+    shared with the caller's model)."""
+    with torch.no_grad():
+        for target, keep in masks.items():
+            set_tensor(gm, target, get_tensor(gm, target) * keep)
 
 
 def own_tensors(gm: nn.Module, other: nn.Module) -> None:
@@ -130,43 +140,22 @@ def own_tensors(gm: nn.Module, other: nn.Module) -> None:
                 table[name] = clones[id(tensor)]
 
 
-def apply_folds(gm: fx.GraphModule, plan: PruningPlan, folds: list) -> None:
-    """Add what each layer's dropped constant inputs contributed to its bias
-    (see the fold pass), giving the layer a bias if it had none."""
-    filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
-    nodes = {n.name: n for n in gm.graph.nodes}
-    for fold in folds:
-        slot = filters.get(fold.weight)
-        delta = fold.delta if slot is None else fold.delta[plan.kept(slot.ids)]
-        with torch.no_grad():
-            if fold.bias is not None:
-                get_tensor(gm, fold.bias).add_(delta.to(get_tensor(gm, fold.bias).dtype))
-                continue
-            node = nodes[fold.node]
-            bias = nn.Parameter(delta.detach().clone())
-            if node.op == "call_module":
-                gm.get_submodule(str(node.target)).bias = bias
-                continue
-            name = f"{node.name}_folded_bias"
-            gm.register_parameter(name, bias)
-            with gm.graph.inserting_before(node):
-                attr = gm.graph.get_attr(name)
-            if len(node.args) > 2:
-                node.args = node.args[:2] + (attr,) + node.args[3:]
-            else:
-                node.kwargs = {**node.kwargs, "bias": attr}
-
-
 class RewritePass:
     name = "rewrite"
-    requires = ("masked", "plan")
+    requires = ("graph", "plan")
     provides = ("compact",)
 
     def __call__(self, state: CompileState) -> None:
-        compact = light_copy(state.masked)
+        # The masked model's weights, sliced: it zeroes a layer's own dropped
+        # filters even where the union keeps the channel, and so must the
+        # compact model. Built from the traced graph, not from the masked
+        # model, so that a masked model (parametrized, for training) need
+        # not exist first.
+        compact = light_copy(state.graph)
+        kinds = None if state.config.mask_bn else FILTER_KINDS
+        zero_dropped(compact, keep_masks(compact, state.channels, state.plan.raw_dropped, kinds))
         slice_parameters(compact, state.plan)
-        own_tensors(compact, state.masked)
-        apply_folds(compact, state.plan, state.folds or [])
+        own_tensors(compact, state.graph)
         rw = RewriteContext(compact, state.plan)
         for node in list(compact.graph.nodes):
             rule = RULES.lookup(node, compact) if node.op.startswith("call_") else None

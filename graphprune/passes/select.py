@@ -9,7 +9,9 @@ Modes (see :class:`~graphprune.config.PruneConfig`):
   own dropped filters.
 - ``group``: one aggregated score per coupled channel; each group keeps its top
   ``1 - ratio``.
-- ``global``: scores normalised per group, one ranking across all groups.
+- ``global``: scores normalised per group, one ranking across all groups;
+  the cut is ``ratio`` of the prunable channels, or, with ``target_flops`` /
+  ``target_latency``, wherever :mod:`graphprune.budget` finds the target met.
 
 Pinned channels are always kept and count toward what a layer keeps; every
 group keeps ``min_channels``; ``round_to`` rounds each group's kept count up.
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.utils._pytree import tree_leaves
 
-from .. import ids
+from .. import budget, ids
 from ..config import PruneConfig
 from ..pipeline import CompileState
 from ..plan import PruningPlan
@@ -95,12 +98,17 @@ class SelectPass:
     requires = ("channels", "groups", "scores")
     provides = ("plan",)
 
+    def __init__(self, latency: budget.LatencySearch | None = None):
+        """``latency``: how a ``target_latency`` search times its candidates."""
+        self.latency = latency or budget.LatencySearch()
+
     def __call__(self, state: CompileState) -> None:
         config, channels = state.config, state.channels
         pinned = channels.pinned
         scores = class_scores(state)
         class_kept = pinned.clone()
         raw_override: list[tuple[torch.Tensor, torch.Tensor]] = []
+        notes: list[str] = []
 
         if config.mode == "per_layer":
             any_keep = torch.zeros_like(pinned)
@@ -126,17 +134,11 @@ class SelectPass:
                 n_keep = keep_count(g.size, ratio, config.min_channels)
                 class_kept[g.classes] = top_keep(scores[g.classes], g.pinned, n_keep)
         else:
-            self._global(state, scores, class_kept)
+            class_kept = self._global(state, scores, notes)
 
         before_rounding = class_kept.clone()
-        for g in state.groups:
-            kept = class_kept[g.classes]
-            floor = min(g.size, max(config.min_channels, 0))
-            target = min(g.size, max(floor, math.ceil(int(kept.sum()) / config.round_to) * config.round_to))
-            if target > int(kept.sum()):
-                class_kept[g.classes] = top_keep(scores[g.classes], kept, target)
-
-        self._keep_one_per_slot(channels, scores, class_kept)
+        if config.mode != "global":  # global mode costs its candidates finished
+            finish(state, scores, class_kept)
 
         raw_dropped = ~class_kept[channels.class_of]
         for raw, dropped in raw_override:
@@ -145,28 +147,50 @@ class SelectPass:
         added = class_kept & ~before_rounding
         raw_dropped &= ~added[channels.class_of]
         state.plan = PruningPlan(channels, state.groups, class_kept, raw_dropped, config.mode, config.coupling)
+        state.plan.notes.extend(notes)
         note = nothing_pruned(state.plan, config)
         if note:
             state.plan.notes.append(note)
 
-    @staticmethod
-    def _keep_one_per_slot(channels, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
-        """No parameter may lose every index (a split piece whose channels were
-        all dropped would leave a conv with no input), and no tensor in the
-        graph may lose every channel (an empty piece of a split that a literal
-        ``view`` reshapes, or that no layer reads): keep its best channel."""
-        raws = [slot.ids for slot in channels.slots]
-        for code in channels.codes.values():
-            raws += [ids.raw_ids(c).reshape(-1) for c in tree_leaves(code) if isinstance(c, torch.Tensor)]
-        for raw in raws:
-            cls = channels.class_of[raw]
-            if not bool(class_kept[cls].any()):
-                class_kept[cls[torch.argmax(scores[cls])]] = True
-
-    @staticmethod
-    def _global(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+    def _global(self, state: CompileState, scores: torch.Tensor, notes: list[str]) -> torch.Tensor:
+        """Global mode's kept classes, finished: the ranking cut at ``ratio``
+        of the prunable channels, or where the FLOPs or latency target is met."""
         config = state.config
-        protected = class_kept.clone()
+        ranking = GlobalRanking.of(state, scores)
+
+        def finished(class_kept: torch.Tensor) -> torch.Tensor:
+            finish(state, scores, class_kept)
+            return class_kept
+
+        if config.target_flops is None and config.target_latency is None:
+            prunable = sum(g.prunable for g in state.groups)
+            return finished(ranking.keep(min(ranking.size, math.floor(round(config.ratio * prunable, 6)))))
+        if config.target_flops is not None:
+            cut = budget.fit_flops(state, ranking, finished, config.target_flops)
+        else:
+            cut = budget.fit_latency(state, ranking, finished, config.target_latency, self.latency)
+        state.measurements.update(cut.measurements)
+        notes.extend(cut.notes)
+        return cut.class_kept
+
+
+@dataclass
+class GlobalRanking:
+    """Global mode's one ranking across groups: ``protected`` classes are
+    always kept (pinned, plus each group's best ``min_channels``); ``order``
+    lists the others, lowest score (normalised per group) first."""
+
+    protected: torch.Tensor
+    order: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.order.numel()
+
+    @classmethod
+    def of(cls, state: CompileState, scores: torch.Tensor) -> GlobalRanking:
+        config = state.config
+        protected = state.channels.pinned.clone()
         normalised = scores.clone()
         for g in state.groups:
             free = g.classes[~g.pinned]
@@ -178,9 +202,38 @@ class SelectPass:
                 protected[best] = True
         candidates = torch.cat([g.classes for g in state.groups]) if state.groups else torch.empty(0, dtype=torch.int64)
         candidates = candidates[~protected[candidates]]
-        prunable = sum(g.prunable for g in state.groups)
-        n_drop = min(candidates.numel(), math.floor(round(config.ratio * prunable, 6)))
-        order = torch.argsort(normalised[candidates], stable=True)
-        class_kept[candidates] = True
-        class_kept[candidates[order[:n_drop]]] = False
-        class_kept |= protected
+        return cls(protected, candidates[torch.argsort(normalised[candidates], stable=True)])
+
+    def keep(self, n_drop: int) -> torch.Tensor:
+        """Kept classes when the first ``n_drop`` ranked channels are dropped."""
+        kept = self.protected.clone()
+        kept[self.order[n_drop:]] = True
+        return kept
+
+
+def finish(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+    """What every mode's choice goes through, in place: each group's kept count
+    rounded up to ``round_to`` (at least ``min_channels``), then one channel
+    kept in every tensor."""
+    config = state.config
+    for g in state.groups:
+        kept = class_kept[g.classes]
+        floor = min(g.size, max(config.min_channels, 0))
+        target = min(g.size, max(floor, math.ceil(int(kept.sum()) / config.round_to) * config.round_to))
+        if target > int(kept.sum()):
+            class_kept[g.classes] = top_keep(scores[g.classes], kept, target)
+    keep_one_per_slot(state.channels, scores, class_kept)
+
+
+def keep_one_per_slot(channels, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+    """No parameter may lose every index (a split piece whose channels were
+    all dropped would leave a conv with no input), and no tensor in the
+    graph may lose every channel (an empty piece of a split that a literal
+    ``view`` reshapes, or that no layer reads): keep its best channel."""
+    raws = [slot.ids for slot in channels.slots]
+    for code in channels.codes.values():
+        raws += [ids.raw_ids(c).reshape(-1) for c in tree_leaves(code) if isinstance(c, torch.Tensor)]
+    for raw in raws:
+        cls = channels.class_of[raw]
+        if not bool(class_kept[cls].any()):
+            class_kept[cls[torch.argmax(scores[cls])]] = True
