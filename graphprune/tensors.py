@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 
@@ -17,15 +19,23 @@ def fresh_copy(inputs: tuple) -> tuple:
     return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
-def get_tensor(root: nn.Module, target: str) -> torch.Tensor:
+def _owner(root: nn.Module, name: str, modules: Mapping[str, nn.Module] | None) -> nn.Module:
+    module = modules.get(name) if modules is not None else None
+    return module if module is not None else root.get_submodule(name)
+
+
+def get_tensor(root: nn.Module, target: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
+    """``modules``: ``dict(root.named_modules())``, to skip walking the path
+    when reading many tensors."""
     owner, attr = _split(target)
-    return getattr(root.get_submodule(owner), attr)
+    return getattr(_owner(root, owner, modules), attr)
 
 
-def set_tensor(root: nn.Module, target: str, new: torch.Tensor) -> None:
+def set_tensor(root: nn.Module, target: str, new: torch.Tensor,
+               modules: Mapping[str, nn.Module] | None = None) -> None:
     """Replace a parameter (keeping it a trainable Parameter) or a buffer."""
     owner, attr = _split(target)
-    module = root.get_submodule(owner)
+    module = _owner(root, owner, modules)
     old = getattr(module, attr)
     if isinstance(old, nn.Parameter):
         setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))

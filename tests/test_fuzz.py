@@ -103,7 +103,7 @@ class CorruptCompact:
     """Scales one weight of the compact model: the kind of bug the fuzz must catch."""
 
     name = "rewrite"
-    requires = ("masked", "plan")
+    requires = ("graph", "plan")
     provides = ("compact",)
 
     def __init__(self, real):

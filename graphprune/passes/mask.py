@@ -66,13 +66,14 @@ def keep_masks(gm: fx.GraphModule, channels: ChannelGraph, raw_dropped: torch.Te
     """Per tensor name, a 0/1 mask broadcastable to the tensor: 0 where some
     slot writing a dropped channel indexes it (only slots of ``kinds``, if given)."""
     masks: dict[str, torch.Tensor] = {}
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for slot in channels.slots:
         if not slot.writes or (kinds is not None and slot.kind not in kinds):
             continue
         dropped = raw_dropped[slot.ids]
         if not bool(dropped.any()):
             continue
-        tensor = get_tensor(gm, slot.target)
+        tensor = get_tensor(gm, slot.target, modules)
         shape = [1] * tensor.ndim
         shape[slot.dim] = tensor.shape[slot.dim]
         line = (~dropped).to(tensor.dtype).reshape(shape)

@@ -67,25 +67,32 @@ class RewriteContext:
         return torch.cat([torch.zeros(1, dtype=torch.int64), along.cumsum(0)])
 
 
-def slice_parameters(gm: fx.GraphModule, plan: PruningPlan) -> None:
+def slice_parameters(gm: fx.GraphModule, plan: PruningPlan,
+                     modules: dict[str, nn.Module] | None = None) -> dict[tuple[str, int], torch.Tensor]:
+    """Slice every slot's tensor to its kept indices; returns those indices
+    per (tensor name, dim) that was sliced."""
     # Names of one tensor (tied weights) get one sliced tensor back, still tied.
     names_of: dict[int, list[str]] = {}
     dims_of: dict[str, set[int]] = {}
     for slot in plan.channels.slots:
         dims_of.setdefault(slot.target, set()).add(slot.dim)
     for target in dims_of:
-        names_of.setdefault(id(get_tensor(gm, target)), []).append(target)
+        names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
+    sliced: dict[tuple[str, int], torch.Tensor] = {}
     with torch.no_grad():
         for slot in plan.channels.slots:
             keep = plan.kept(slot.ids)
             if bool(keep.all()):
                 continue
-            tensor = get_tensor(gm, slot.target)
-            set_tensor(gm, slot.target, tensor.index_select(slot.dim, keep.nonzero().flatten()))
+            index = keep.nonzero().flatten()
+            tensor = get_tensor(gm, slot.target, modules)
+            set_tensor(gm, slot.target, tensor.index_select(slot.dim, index), modules)
+            sliced[(slot.target, slot.dim)] = index
     for names in names_of.values():
         for other in names[1:]:
             if dims_of[other] == dims_of[names[0]]:
-                retie(gm, other, get_tensor(gm, names[0]))
+                retie(gm, other, get_tensor(gm, names[0], modules))
+    return sliced
 
 
 def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
@@ -100,26 +107,54 @@ def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
 
 
 def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` (any channel masks baked in) that shares, not copies,
-    its parameters and buffers: most are about to be replaced by slices, so
-    a full copy would only raise peak memory. Call :func:`own_tensors`
-    before changing any tensor in place."""
-    memo: dict[int, Any] = {id(t): t for t in chain(gm.parameters(), gm.buffers())}
-    record = gm.meta.get(COMPILE_KEY)
-    if record is not None:
-        memo[id(record)] = record
-    out = copy.deepcopy(gm, memo)
-    out.meta.pop(COMPILE_KEY, None)
+    """A copy of ``gm`` (any channel masks baked in) with modules of its own
+    but its parameters and buffers shared, not copied: most are about to be
+    replaced by slices, so copying them would only raise peak memory and
+    time. Each module is copied shallowly with its own parameter, buffer and
+    submodule tables (so setting an attribute or replacing a tensor in the
+    copy leaves ``gm`` alone); the graph is copied with node metadata shared
+    (read, never changed). Call :func:`own_tensors` before changing any
+    tensor in place."""
+    clones: dict[int, nn.Module] = {}
+
+    def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
+        if id(module) not in clones:
+            new = object.__new__(cls or type(module))
+            clones[id(module)] = new
+            state = new.__dict__
+            state.update(module.__dict__)  # Module.__setattr__ bookkeeping is not needed here
+            state["_parameters"] = dict(module._parameters)
+            state["_buffers"] = dict(module._buffers)
+            state["_modules"] = {k: None if m is None else clone(m) for k, m in module._modules.items()}
+        return clones[id(module)]
+
+    out = clone(gm, type(type(gm).__name__, (fx.GraphModule,), {}))  # a class of its own: its own forward
+    graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
+    graph.owning_module = out
+    out.__dict__.update(_graph=graph, meta={k: v for k, v in gm.meta.items() if k != COMPILE_KEY})
+    out.recompile()
     bake(out)
     return out
 
 
-def zero_dropped(gm: fx.GraphModule, masks: dict[str, torch.Tensor]) -> None:
-    """Multiply the masks into their tensors, out of place (the tensors may be
-    shared with the caller's model)."""
+def zero_dropped(gm: fx.GraphModule, masks: dict[str, torch.Tensor],
+                 sliced: dict[tuple[str, int], torch.Tensor], modules: dict[str, nn.Module]) -> None:
+    """After slicing, multiply each tensor by its mask sliced alike: what is
+    left to zero are channels a layer dropped but the union keeps (per-layer
+    mode). Out of place (a tensor may still be the caller's); tied tensors
+    stay tied."""
+    done: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for target, keep in masks.items():
-            set_tensor(gm, target, get_tensor(gm, target) * keep)
+            for dim in range(keep.ndim):
+                if keep.shape[dim] > 1 and (target, dim) in sliced:
+                    keep = keep.index_select(dim, sliced[(target, dim)])
+            if bool(keep.ne(0).all()):
+                continue
+            tensor = get_tensor(gm, target, modules)
+            if id(tensor) not in done:
+                done[id(tensor)] = tensor * keep
+            set_tensor(gm, target, done[id(tensor)], modules)
 
 
 def own_tensors(gm: nn.Module, other: nn.Module) -> None:
@@ -152,9 +187,11 @@ class RewritePass:
         # model, so that a masked model (parametrized, for training) need
         # not exist first.
         compact = light_copy(state.graph)
+        modules = dict(compact.named_modules(remove_duplicate=False))
         kinds = None if state.config.mask_bn else FILTER_KINDS
-        zero_dropped(compact, keep_masks(compact, state.channels, state.plan.raw_dropped, kinds))
-        slice_parameters(compact, state.plan)
+        masks = keep_masks(compact, state.channels, state.plan.raw_dropped, kinds)
+        sliced = slice_parameters(compact, state.plan, modules)
+        zero_dropped(compact, masks, sliced, modules)
         own_tensors(compact, state.graph)
         rw = RewriteContext(compact, state.plan)
         for node in list(compact.graph.nodes):
