@@ -250,7 +250,8 @@ def test_untraceable_by_both_frontends_says_both_failed():
     with pytest.raises(TraceError) as e:
         graphprune.prune(Untraceable(), X)
     text = one_line(e)
-    assert "`if x.sum() > 0:`" in text and "The torch.export frontend failed too" in text
+    assert "`if x.sum() > 0:`" in text and "The torch.export frontend, tried next, failed too" in text
+    assert "use the export frontend" not in text  # it was tried: no advice to try it
 
 
 def test_a_criterion_returning_the_wrong_number_of_scores_is_refused(monkeypatch):

@@ -50,6 +50,9 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {os.path.basename(f.filename)}:{f.lineno} in {f.name}:{line}"
 
 
+FX_ADVICE = "wrap that code in a leaf module"
+
+
 @register_frontend("fx")
 def fx_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     try:
@@ -61,7 +64,7 @@ def fx_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         raise TraceError(
             f"torch.fx cannot trace {type(model).__name__}{_user_frame(exc)}: {first_line}. "
             "Python control flow or calls that depend on tensor values cannot be traced "
-            "symbolically; wrap that code in a leaf module or use the export frontend (frontend='export')."
+            f"symbolically; {FX_ADVICE} or use the export frontend (frontend='export')."
         ) from exc
 
 
@@ -138,7 +141,12 @@ def auto_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         try:
             return export_frontend(model, example_inputs)
         except TraceError as export_error:
-            raise TraceError(f"{fx_error} The torch.export frontend failed too: {export_error}") from export_error
+            fx_part = str(fx_error).replace(" or use the export frontend (frontend='export').", ".")
+            raise TraceError(
+                f"{fx_part} The torch.export frontend, tried next, failed too: {export_error} "
+                f"To compile it, {FX_ADVICE} or make the code exportable (torch.export's "
+                "'draft_export' tells what blocks it)."
+            ) from export_error
 
 
 def private_copy(model: nn.Module) -> nn.Module:
