@@ -17,6 +17,7 @@ import copy
 import os
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -158,8 +159,39 @@ def private_copy(model: nn.Module) -> nn.Module:
     forward that updates a buffer leave the caller's model alone. Parameter
     tensors are shared (tied parameters stay tied): graphprune reads them and
     never writes them (masking and slicing happen in copies)."""
-    memo = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-    return copy.deepcopy(model, memo)
+    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+
+    def clone(module: nn.Module) -> nn.Module:
+        # copy.deepcopy of every module object is slow (most of a small
+        # model's compile); plain attributes and empty hook tables need none.
+        if id(module) in memo:
+            return memo[id(module)]
+        new = object.__new__(type(module))
+        memo[id(module)] = new
+        state = new.__dict__
+        for key, value in module.__dict__.items():
+            if key == "_modules":
+                state[key] = {k: None if m is None else clone(m) for k, m in value.items()}
+            elif key == "_parameters":
+                state[key] = dict(value)
+            elif _immutable(value):
+                state[key] = value
+            elif isinstance(value, dict) and not value:
+                state[key] = type(value)()
+            elif isinstance(value, nn.Module):
+                state[key] = clone(value)
+            else:
+                state[key] = copy.deepcopy(value, memo)
+        return new
+
+    return clone(model)
+
+
+IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
+
+
+def _immutable(value: Any) -> bool:
+    return isinstance(value, IMMUTABLE) or (type(value) is tuple and all(_immutable(v) for v in value))
 
 
 class TracePass:
