@@ -79,9 +79,10 @@ def slice_parameters(gm: fx.GraphModule, plan: PruningPlan,
     for target in dims_of:
         names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
     sliced: dict[tuple[str, int], torch.Tensor] = {}
+    raw_kept = plan.class_kept[plan.channels.class_of]  # once, not per slot
     with torch.no_grad():
         for slot in plan.channels.slots:
-            keep = plan.kept(slot.ids)
+            keep = raw_kept[slot.ids]
             if bool(keep.all()):
                 continue
             index = keep.nonzero().flatten()
@@ -114,7 +115,8 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
     submodule tables (so setting an attribute or replacing a tensor in the
     copy leaves ``gm`` alone); the graph is copied with node metadata shared
     (read, never changed). Call :func:`own_tensors` before changing any
-    tensor in place."""
+    tensor in place, and ``recompile()`` before running it (its code is
+    generated once, after the rewrite)."""
     clones: dict[int, nn.Module] = {}
 
     def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
@@ -132,7 +134,6 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
     graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
     graph.owning_module = out
     out.__dict__.update(_graph=graph, meta={k: v for k, v in gm.meta.items() if k != COMPILE_KEY})
-    out.recompile()
     bake(out)
     return out
 
@@ -195,7 +196,7 @@ class RewritePass:
         own_tensors(compact, state.graph)
         rw = RewriteContext(compact, state.plan)
         for node in list(compact.graph.nodes):
-            rule = RULES.lookup(node, compact) if node.op.startswith("call_") else None
+            rule = RULES.lookup(node, compact, modules) if node.op.startswith("call_") else None
             if rule is None or not hasattr(rule, "rewrite"):
                 continue
             if state.channels.rule_names.get(node.name) == "unknown":
