@@ -11,8 +11,10 @@ own pipeline from the default one without editing graphprune::
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +57,24 @@ class CompileState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while compiling.
+
+    A compile allocates many short-lived objects next to a large live set
+    (the model, its graphs, their metadata), and with the default thresholds
+    the collector rescans that live set again and again: a third of the time
+    of a 1,400-node compile, growing faster than the graph. Reference counting
+    still frees almost everything at once, and the old thresholds come back
+    afterwards."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 50_000), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 class Pipeline:
     def __init__(self, passes: Iterable[Pass]):
         self.passes: list[Pass] = list(passes)
@@ -95,6 +115,10 @@ class Pipeline:
         return Pipeline(self.passes[:i] + self.passes[i + 1 :])
 
     def run(self, state: CompileState, progress: Callable[[str], None] | None = None) -> CompileState:
+        with fewer_collections():
+            return self._run(state, progress)
+
+    def _run(self, state: CompileState, progress: Callable[[str], None] | None) -> CompileState:
         for p in self.passes:
             missing = [f for f in getattr(p, "requires", ()) if getattr(state, f, None) is None]
             if missing:
