@@ -47,7 +47,8 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from .pipeline import CompileState, Pipeline
+from .passes.rewrite import RewritePass
+from .pipeline import CompileState
 from .tensors import fresh_copy, get_tensor
 
 #: relative distance to a FLOPs target that counts as met (|achieved - target| <= this * target)
@@ -173,7 +174,7 @@ def compact_for(state: CompileState, class_kept: torch.Tensor) -> fx.GraphModule
         frontend=state.frontend, channels=channels, groups=state.groups, scores=state.scores, plan=plan,
         extras=copy.copy(state.extras),
     )
-    Pipeline([p for p in Pipeline.default().passes if p.name == "rewrite"]).run(scratch)
+    RewritePass()(scratch)
     return scratch.compact
 
 

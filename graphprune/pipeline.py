@@ -63,8 +63,8 @@ def fewer_collections() -> Iterator[None]:
 
     A compile allocates many short-lived objects next to a large live set
     (the model, its graphs, their metadata), and with the default thresholds
-    the collector rescans that live set again and again: a third of the time
-    of a 1,400-node compile, growing faster than the graph. Reference counting
+    the collector rescans that live set again and again, so compile time
+    grew faster than the graph (``benchmarks/scaling.py``). Reference counting
     still frees almost everything at once, and the old thresholds come back
     afterwards."""
     old = gc.get_threshold()

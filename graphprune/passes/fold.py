@@ -51,13 +51,24 @@ class BiasFold:
 
 
 @dataclass
+class _InputStats:
+    """Per channel position of a consumer's input, over every batch seen."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    total: torch.Tensor
+    count: int  # values summed into each position
+    shape: tuple[int, ...]  # of one batch
+
+
+@dataclass
 class _Consumer:
     node: fx.Node
     weight: str
     bias: str | None | bool  # False: a computed bias that cannot absorb a fold
     dropped: torch.Tensor  # bool, shaped like the input's channel code
     code: torch.Tensor
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: _InputStats | None = None
     call: Any = None  # runs the layer on another input
 
 
@@ -120,11 +131,10 @@ class _Recorder(fx.Interpreter):
         low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
         total, count = x.sum(dim=dims, keepdim=True), x.numel() // max(1, high.numel())
         s = consumer.stats
-        if s:
-            low, high = torch.minimum(low, s["low"]), torch.maximum(high, s["high"])
-            total, count = total + s["total"], count + int(s["count"])
-        consumer.stats = {"low": low, "high": high, "total": total, "count": torch.tensor(count),
-                          "shape": torch.tensor(x.shape)}
+        if s is not None:
+            low, high = torch.minimum(low, s.low), torch.maximum(high, s.high)
+            total, count = total + s.total, count + s.count
+        consumer.stats = _InputStats(low, high, total, count, tuple(x.shape))
         if consumer.call is None:
             rest, target = args[1:], n.target
             if n.op == "call_module":
@@ -146,12 +156,12 @@ def _contribution(consumer: _Consumer, weight_ndim: int) -> tuple[torch.Tensor, 
     """What the constant dropped channels add per output channel, whether that
     is exact, and why not."""
     s = consumer.stats
-    mean = s["total"] / s["count"]
-    spread = s["high"] - s["low"]
+    mean = s.total / s.count
+    spread = s.high - s.low
     constant = spread <= 1e-5 * mean.abs() + 1e-8
     varying = consumer.dropped & ~constant
     value = torch.where(consumer.dropped & constant, mean, torch.zeros_like(mean))
-    shape = [1] + s["shape"].tolist()[1:]
+    shape = [1, *s.shape[1:]]
     probe = value.expand(shape).contiguous()
     out_dim = -1 if weight_ndim == 2 else 1
     with torch.no_grad():
