@@ -3,7 +3,7 @@
 For each model (torchvision, random weights, num_classes=10): prune at the
 given ratio, then export the dense and the compact graph with each exporter
 ``--repeats`` times (alternating, so machine load hits both alike) through
-:func:`graphprune.export.export_onnx` (export + onnx.checker + ONNX Runtime
+:func:`graphprune.onnx_export.export_onnx` (export + onnx.checker + ONNX Runtime
 check), and time both files on ONNX Runtime (CPU). Prints a markdown table.
 
     python benchmarks/onnx_export.py                                  # resnet18, convnext_tiny at 64x64
@@ -24,8 +24,8 @@ import torch
 import torchvision
 
 import graphprune
-from graphprune.export import export_onnx
-from graphprune.latency import compare_latency
+from graphprune.onnx_export import export_onnx
+from graphprune.onnx_latency import compare_latency
 
 
 def main() -> None:

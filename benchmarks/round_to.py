@@ -4,7 +4,7 @@ For each model (torchvision, random weights, 1000 classes, seed 0) at
 ``--size`` x ``--size``: prune in global mode to ``--target-flops`` of the
 dense FLOPs (so every variant does about the same work) with ``round_to`` 1, 8
 and 16, export the dense and the three compact graphs to ONNX
-(:func:`graphprune.export.export_onnx`, fixed batch 1), and time all four on
+(:func:`graphprune.onnx_export.export_onnx`, fixed batch 1), and time all four on
 ONNX Runtime (CPU): ``--rounds`` rounds, each timing every variant for
 ``--runs`` runs in a rotating order (so a load change on the machine hits all
 of them), latency = median of the round medians. Prints the machine, the
@@ -37,8 +37,8 @@ import torch
 import torchvision
 
 import graphprune
-from graphprune.export import export_onnx
-from graphprune.latency import default_threads, measure_latency, open_session
+from graphprune.onnx_export import export_onnx
+from graphprune.onnx_latency import default_threads, measure_latency, open_session
 
 ROUNDINGS = (1, 8, 16)
 MODELS = "resnet18,resnet50,mobilenet_v3_large,efficientnet_b0"

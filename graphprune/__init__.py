@@ -18,8 +18,8 @@ from .errors import (
     TraceError,
     VerificationError,
 )
-from .export import OnnxExport, export_onnx
-from .latency import Latency, compare_latency, measure_latency
+from .onnx_export import OnnxExport, export_onnx
+from .onnx_latency import Latency, compare_latency, measure_latency
 from .pipeline import CompileState, Pass, Pipeline
 from .plan import Group, PruningPlan
 from .rules import RULES, register_rule

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from . import ids as idmod
+from .tensors import get_tensor
 
 
 @dataclass
@@ -81,7 +82,12 @@ class ChannelGraph:
     slots: list[Slot]
     producers: list[Producer]
     codes: dict[str, object]
+    #: which rule analysed each node, for reports
     rule_names: dict[str, str] = field(default_factory=dict)
+    #: convs analysed as depthwise (output channel c is input channel c): their groups follow the kept count
+    depthwise: frozenset[str] = frozenset()
+    #: nodes no rule understood: pinned, so the rewrite leaves them alone
+    unknown: frozenset[str] = frozenset()
 
     def pin_reasons(self, classes: torch.Tensor) -> list[str]:
         """The distinct reasons the given classes are pinned, first cause first."""
@@ -114,6 +120,8 @@ class AnalysisContext:
         self.producers: dict[str, Producer] = {}
         self.codes: dict[str, object] = {}
         self.rule_names: dict[str, str] = {}
+        self.depthwise: set[str] = set()
+        self.unknown: set[str] = set()
 
     def module(self, target: str) -> torch.nn.Module:
         """The submodule at ``target`` (as ``gm.get_submodule``, from a table)."""
@@ -122,8 +130,7 @@ class AnalysisContext:
 
     def tensor(self, target: str) -> torch.Tensor:
         """The parameter or buffer (or tensor attribute) named ``target``."""
-        owner, _, attr = target.rpartition(".")
-        return getattr(self.module(owner), attr)
+        return get_tensor(self.gm, target, self.modules)
 
     def code(self, arg: object) -> object:
         """The code(s) recorded for an input of a node (None for non-tensors)."""
@@ -230,6 +237,8 @@ class AnalysisContext:
             producers=producers,
             codes=self.codes,
             rule_names=self.rule_names,
+            depthwise=frozenset(self.depthwise),
+            unknown=frozenset(self.unknown),
         )
 
 

@@ -10,8 +10,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .budget import BudgetResult
 from .config import PruneConfig
 from .errors import ConfigError, ModelError
+from .numerics import Verification, as_inputs
 from .pipeline import CompileState, Pipeline
 from .plan import PruningPlan
 
@@ -19,8 +21,6 @@ from .plan import PruningPlan
 # it, and the masked model (a trainable reference for verification and
 # fine-tuning, built after the compact model).
 NOT_COMPILE = frozenset({"mask", "verify", "measure", "export", "latency"})
-BUDGET_KEYS = ("target_flops", "flops_fraction", "target_latency", "latency_fraction",
-               "latency_dense_ms", "latency_compact_ms", "latency_flops_fraction")
 
 
 @dataclass
@@ -35,12 +35,12 @@ class Report:
     max_abs_error: float | None
     max_rel_error: float | None
     exact: bool | None
-    verification: Any
+    verification: Verification | None
     timings: dict[str, float]
     prunable_fraction: float | None
     notes: list[str] = field(default_factory=list)
     #: with target_flops / target_latency: the target and what was achieved (see graphprune.budget)
-    budget: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetResult | None = None
 
     @property
     def compile_seconds(self) -> float:
@@ -59,13 +59,8 @@ class Report:
             f"verify:   {self.verification if self.verification is not None else 'skipped'}",
             "time:     " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items()),
         ]
-        if "target_flops" in self.budget:
-            lines.append(f"budget:   FLOPs target {self.budget['target_flops']:g}, "
-                         f"achieved {self.budget['flops_fraction']:.4f} of dense")
-        if "target_latency" in self.budget:
-            b = self.budget
-            lines.append(f"budget:   latency target {b['target_latency']:g}, achieved {b['latency_fraction']:.3f} "
-                         f"of dense ({b['latency_dense_ms']:.2f} -> {b['latency_compact_ms']:.2f} ms, medians)")
+        if self.budget is not None:
+            lines.append(f"budget:   {self.budget}")
         lines += [f"note:     {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -115,6 +110,15 @@ def check_finite(model: nn.Module) -> None:
                 )
 
 
+def check_finite_inputs(inputs: tuple) -> None:
+    for i, x in enumerate(inputs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ConfigError(
+                f"example input {i} holds NaN or infinite values, so no output could be checked; "
+                "pass real data or torch.randn of the same shape"
+            )
+
+
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple,
@@ -154,32 +158,15 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     config = PruneConfig(
-        ratio=ratio,
-        criterion=criterion,
-        mode=mode,
-        coupling=coupling,
-        ignore=_ignore_names(model, ignore),
-        min_channels=min_channels,
-        round_to=round_to,
-        ratios=dict(ratios or {}),
-        mask_bn=mask_bn,
-        fold_constants=fold_constants,
-        target_flops=target_flops,
-        target_latency=target_latency,
-        verify=verify,
-        tolerance=tolerance,
-        seed=seed,
-        frontend=frontend,
+        ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, ignore=_ignore_names(model, ignore),
+        min_channels=min_channels, round_to=round_to, ratios=dict(ratios or {}), mask_bn=mask_bn,
+        fold_constants=fold_constants, target_flops=target_flops, target_latency=target_latency, verify=verify,
+        tolerance=tolerance, seed=seed, frontend=frontend,
     )
     check_finite(model)
-    for i, x in enumerate(inputs):
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ConfigError(
-                f"example input {i} holds NaN or infinite values, so no output could be checked; "
-                "pass real data or torch.randn of the same shape"
-            )
+    check_finite_inputs(inputs)
     state = CompileState(model=model, example_inputs=inputs, config=config)
     (pipeline or Pipeline.default()).run(state, progress)
     return PruneResult(state.compact, state.masked, state.plan, build_report(state), state)
@@ -201,5 +188,5 @@ def build_report(state: CompileState) -> Report:
         timings=dict(state.timings),
         prunable_fraction=state.channels.prunable_fraction if state.channels is not None else None,
         notes=notes,
-        budget={k: m[k] for k in BUDGET_KEYS if k in m},
+        budget=state.budget,
     )

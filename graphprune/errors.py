@@ -1,5 +1,9 @@
 """Errors graphprune raises. Each says what went wrong and what to do."""
 
+from __future__ import annotations
+
+import re
+
 
 class GraphpruneError(Exception):
     """Base class of every error graphprune raises on purpose."""
@@ -35,3 +39,14 @@ class LoadError(GraphpruneError):
 
 class ExportError(GraphpruneError):
     """The model could not be exported to ONNX, or ONNX Runtime disagrees with PyTorch."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (terminal colour
+    codes removed), or its type's name where the message is empty: what an
+    error of graphprune's quotes from the error that caused it."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)

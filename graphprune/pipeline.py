@@ -16,7 +16,7 @@ import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.fx as fx
@@ -24,6 +24,12 @@ import torch.nn as nn
 
 from .config import PruneConfig
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from .analysis import ChannelGraph
+    from .budget import BudgetResult
+    from .numerics import Verification
+    from .plan import BiasFold, Group, PruningPlan
 
 
 class Pass(Protocol):
@@ -36,25 +42,32 @@ class Pass(Protocol):
 
 @dataclass
 class CompileState:
-    """Everything the passes read and write during one compile."""
+    """Everything the passes read and write during one compile.
+
+    ``pipeline`` is the pipeline running this state (set by :meth:`Pipeline.run`
+    if not given): a pass may ask it for another pass, as the select pass asks
+    for the rewrite pass to build the candidates of a budget search."""
 
     model: nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     config: PruneConfig
     graph: fx.GraphModule | None = None
     frontend: str | None = None
-    channels: Any = None  # analysis.ChannelGraph
-    groups: Any = None  # list[plan.Group]
+    channels: ChannelGraph | None = None
+    groups: list[Group] | None = None
     scores: dict[str, torch.Tensor] | None = None
-    plan: Any = None  # plan.PruningPlan
+    plan: PruningPlan | None = None
+    budget: BudgetResult | None = None
     masked: fx.GraphModule | None = None
-    folds: Any = None  # list[passes.fold.BiasFold]
+    folds: list[BiasFold] | None = None
     compact: fx.GraphModule | None = None
-    verification: Any = None  # passes.verify.Verification
+    verification: Verification | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: results of a user's own passes (graphprune's passes keep theirs in the fields above)
     extras: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
 
 
 @contextlib.contextmanager
@@ -114,7 +127,29 @@ class Pipeline:
         i = self._index(name)
         return Pipeline(self.passes[:i] + self.passes[i + 1 :])
 
+    # -- slices: partial runs are checked and timed like full ones ------------
+    def until(self, name: str) -> Pipeline:
+        """The passes up to and including ``name``."""
+        return Pipeline(self.passes[: self._index(name) + 1])
+
+    def since(self, name: str) -> Pipeline:
+        """The passes from ``name`` on."""
+        return Pipeline(self.passes[self._index(name) :])
+
+    def between(self, first: str, last: str) -> Pipeline:
+        """The passes from ``first`` to ``last``, both included."""
+        i, j = self._index(first), self._index(last)
+        if j < i:
+            raise PipelineError(f"pass {last!r} runs before {first!r}; passes: {', '.join(self.names)}")
+        return Pipeline(self.passes[i : j + 1])
+
+    def get(self, name: str) -> Pass:
+        """The pass named ``name``."""
+        return self.passes[self._index(name)]
+
     def run(self, state: CompileState, progress: Callable[[str], None] | None = None) -> CompileState:
+        if state.pipeline is None:
+            state.pipeline = self
         with fewer_collections():
             return self._run(state, progress)
 

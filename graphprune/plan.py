@@ -114,3 +114,17 @@ class PruningPlan:
             f"PruningPlan(mode={self.mode!r}, coupling={self.coupling!r}, groups={len(self.groups)}, "
             f"channels={self.channels_before}->{self.channels_after})"
         )
+
+
+@dataclass
+class BiasFold:
+    """What the dropped input channels of one layer add to its output."""
+
+    node: str  # the layer's node in the masked (and compact) graph
+    weight: str  # its weight, whose filter slot says which outputs survive
+    bias: str | None  # its bias tensor; None: the compact layer gets one
+    out_dim: int  # the activation dim the bias runs along
+    delta: torch.Tensor  # per output channel of the full-width layer
+    exact: bool
+    why: str | None = None  # why not exact
+    channels: list[int] = field(default_factory=list)  # input positions that are not exact

@@ -29,18 +29,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
+from .analysis import ChannelGraph
 from .config import PruneConfig
-from .errors import LoadError
-from .passes import ChannelAnalysisPass, RewritePass, ShapePass, TracePass
-from .passes.fold import BiasFold, apply_folds
-from .pipeline import CompileState
-from .plan import PruningPlan
+from .errors import LoadError, first_line
+from .passes.fold import apply_folds
+from .pipeline import CompileState, Pipeline
+from .plan import BiasFold, PruningPlan
 from .tensors import get_tensor
+
+if TYPE_CHECKING:
+    from .api import PruneResult
 
 FORMAT = "graphprune.compact"
 VERSION = 1
@@ -75,7 +78,7 @@ def decode_indices(text: str) -> list[int]:
     return out
 
 
-def plan_document(result: Any) -> dict:
+def plan_document(result: PruneResult) -> dict:
     """The JSON-ready description of a compile: what ``save`` writes."""
     import torchvision
 
@@ -118,7 +121,7 @@ def plan_document(result: Any) -> dict:
     }
 
 
-def save(result: Any, path: str | os.PathLike) -> Path:
+def save(result: PruneResult, path: str | os.PathLike) -> Path:
     """Save a :class:`~graphprune.api.PruneResult`'s compact model to folder ``path``.
 
     The folder is written whole or not at all (a temporary folder renamed into
@@ -163,14 +166,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LoadError(f"cannot read {weights_path}: it is truncated, corrupted or not a state dict ({first})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise LoadError(f"{weights_path} does not hold a state dict of tensors")
     return state_dict
 
 
-def _class_kept_from_document(channels: Any, kept: dict) -> torch.Tensor:
+def _class_kept_from_document(channels: ChannelGraph, kept: dict) -> torch.Tensor:
     """Kept classes from saved per-slot indices; every coupled slot must agree."""
     slots = {f"{s.target}:{s.dim}": s for s in channels.slots}
     unknown = sorted(set(kept) - set(slots))
@@ -208,6 +211,24 @@ def _class_kept_from_document(channels: Any, kept: dict) -> torch.Tensor:
     return class_kept
 
 
+class SavedFolds:
+    """The fold pass of a load: the layers that gained a bias get one (of
+    zeros; the saved weights fill it), instead of computing folds again."""
+
+    name = "fold"
+    requires = ("compact", "plan")
+    provides = ("folds",)
+
+    def __init__(self, folds: list[BiasFold]):
+        self.folds = folds
+
+    def __call__(self, state: CompileState) -> None:
+        state.folds = self.folds
+        if self.folds:
+            apply_folds(state.compact, state.plan, self.folds)
+            state.compact.recompile()
+
+
 def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
     """Rebuild a saved compact model from an instance of its original architecture.
 
@@ -228,21 +249,19 @@ def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
         raise LoadError(f"{path / PLAN_FILE} is missing or has a malformed field ({exc})") from None
 
     state = CompileState(model=model, example_inputs=inputs, config=config)
-    for p in (TracePass(), ShapePass(), ChannelAnalysisPass()):
-        p(state)
+    pipeline = Pipeline.default()
+    pipeline.until("channels").run(state)
     class_kept = _class_kept_from_document(state.channels, document.get("kept", {}))
     state.plan = PruningPlan(state.channels, [], class_kept, ~class_kept[state.channels.class_of], "loaded", "")
     try:
-        state.folds = [
+        folds = [
             BiasFold(str(node), str(weight), None, int(out_dim), torch.zeros(get_tensor(state.graph, weight).shape[0]), True)
             for node, weight, out_dim in document.get("folded_biases", [])
         ]
     except (TypeError, ValueError, AttributeError) as exc:
         raise LoadError(f"{path / PLAN_FILE} has a malformed folded_biases field ({exc})") from None
-    RewritePass()(state)
+    Pipeline([pipeline.get("rewrite"), SavedFolds(folds)]).run(state)
     compact = state.compact
-    apply_folds(compact, state.plan, state.folds)
-    compact.recompile()
 
     expected = compact.state_dict()
     missing = sorted(set(expected) - set(state_dict))

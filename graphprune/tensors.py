@@ -8,34 +8,36 @@ import torch
 import torch.nn as nn
 
 
-def _split(target: str) -> tuple[str, str]:
-    return tuple(target.rsplit(".", 1)) if "." in target else ("", target)  # type: ignore[return-value]
+def split_target(target: str) -> tuple[str, str]:
+    """``"layer1.0.conv1.weight"`` -> ``("layer1.0.conv1", "weight")``; a
+    name without a dot belongs to the root module, ``""``."""
+    owner, _, attr = target.rpartition(".")
+    return owner, attr
 
 
-def fresh_copy(inputs: tuple) -> tuple:
-    """The inputs with every tensor cloned: a model may write its input in
-    place (``x.relu_()``), which must change neither the caller's tensors nor
-    the next run that reads them."""
-    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+def owner_of(target: str) -> str:
+    """The qualified name of the module that holds tensor ``target`` (``""``: the root)."""
+    return split_target(target)[0]
 
 
-def _owner(root: nn.Module, name: str, modules: Mapping[str, nn.Module] | None) -> nn.Module:
+def _module(root: nn.Module, name: str, modules: Mapping[str, nn.Module] | None) -> nn.Module:
     module = modules.get(name) if modules is not None else None
     return module if module is not None else root.get_submodule(name)
 
 
 def get_tensor(root: nn.Module, target: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
-    """``modules``: ``dict(root.named_modules())``, to skip walking the path
-    when reading many tensors."""
-    owner, attr = _split(target)
-    return getattr(_owner(root, owner, modules), attr)
+    """The parameter, buffer or tensor attribute ``target`` of ``root``
+    (``modules``: ``dict(root.named_modules())``, to skip walking the path
+    when reading many tensors)."""
+    owner, attr = split_target(target)
+    return getattr(_module(root, owner, modules), attr)
 
 
 def set_tensor(root: nn.Module, target: str, new: torch.Tensor,
                modules: Mapping[str, nn.Module] | None = None) -> None:
     """Replace a parameter (keeping it a trainable Parameter) or a buffer."""
-    owner, attr = _split(target)
-    module = _owner(root, owner, modules)
+    owner, attr = split_target(target)
+    module = _module(root, owner, modules)
     old = getattr(module, attr)
     if isinstance(old, nn.Parameter):
         setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
@@ -43,3 +45,15 @@ def set_tensor(root: nn.Module, target: str, new: torch.Tensor,
         module._buffers[attr] = new
     else:
         setattr(module, attr, new)
+
+
+def retie(root: nn.Module, target: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` itself (not a copy) at ``target``: tied names stay one tensor."""
+    owner, attr = split_target(target)
+    module = root.get_submodule(owner)
+    if attr in module._parameters:
+        module._parameters[attr] = tensor
+    elif attr in module._buffers:
+        module._buffers[attr] = tensor
+    else:
+        setattr(module, attr, tensor)

@@ -27,11 +27,8 @@ import torch.nn as nn
 
 from .api import PruneResult, build_report
 from .errors import ConfigError
-from .passes.fold import FoldPass
-from .passes.mask import COMPILE_KEY, CompileRecord
-from .passes.measure import MeasurePass
-from .passes.rewrite import RewritePass
-from .passes.verify import VerifyPass
+from .masks import COMPILE_KEY, CompileRecord
+from .numerics import as_inputs
 from .pipeline import CompileState, Pipeline
 
 
@@ -67,14 +64,12 @@ def reconstruct(
         )
     overrides = {k: v for k, v in (("verify", verify), ("fold_constants", fold_constants)) if v is not None}
     config = dataclasses.replace(record.config, **overrides)
-    if example_inputs is None:
-        inputs = record.example_inputs
-    else:
-        inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = record.example_inputs if example_inputs is None else as_inputs(example_inputs)
     frozen = copy.deepcopy(model).eval()
     state = CompileState(
         model=model, example_inputs=inputs, config=config, graph=frozen, frontend=record.frontend,
         channels=record.plan.channels, groups=record.plan.groups, plan=record.plan, masked=frozen,
     )
-    Pipeline([RewritePass(), FoldPass(), VerifyPass(), MeasurePass()]).run(state)
+    # The compile from the rewrite on, but the masked model is the trained one.
+    Pipeline.default().since("rewrite").remove("mask").run(state)
     return PruneResult(state.compact, frozen, state.plan, build_report(state), state)

@@ -10,8 +10,8 @@ import torchvision
 import graphprune
 from graphprune import budget
 from graphprune.cli import main
+from graphprune.flops import FlopsModel, count_flops
 from graphprune.passes import SelectPass
-from graphprune.passes.measure import count_flops
 from graphprune.pipeline import Pipeline
 
 
@@ -55,9 +55,9 @@ def test_flops_target_is_met_within_two_percent(name, shape, criterion, target):
     assert within(achieved, target), (achieved, result.report.notes)
     assert result.report.exact
     # the search confirmed the count the measure pass makes, and the report says so
-    m = result.state.measurements
-    assert m["flops_confirmed"] == result.report.flops_after and m["flops_dense"] == result.report.flops_before
-    assert result.report.budget["target_flops"] == target
+    b = result.state.budget
+    assert b.flops_confirmed == result.report.flops_after and b.flops_dense == result.report.flops_before
+    assert result.report.budget.target == target
     assert any(n.startswith(f"target_flops {target:g}: the compact model has") for n in result.report.notes)
 
 
@@ -73,7 +73,8 @@ def test_flops_model_predicts_the_real_count_of_any_kept_set():
     x = torch.randn(1, 3, 16, 16)
     result = graphprune.prune(SmallNet().eval(), x, mode="global", ratio=0.3)
     state = result.state
-    model = budget.FlopsModel.build(state)
+    model = FlopsModel.build(state.graph, state.channels, (x,))
+    build = SelectPass().candidate_builder(state)
     assert model.dense == count_flops(state.graph, (x,))
     g = torch.Generator().manual_seed(0)
     for keep_probability in (0.2, 0.5, 0.9):
@@ -81,7 +82,7 @@ def test_flops_model_predicts_the_real_count_of_any_kept_set():
         kept[0] = True
         for group in state.groups:  # no group empty: a compact conv needs a channel
             kept[group.classes[0]] = True
-        real = budget.real_flops(state, kept)
+        real = count_flops(build(kept), (x,))
         assert real < model.dense
         assert model.predict(kept) == pytest.approx(real, rel=1e-9)
 
@@ -139,15 +140,15 @@ def test_target_latency_records_dense_and_compact_medians():
     pipeline = Pipeline.default().replace("select", SelectPass(latency=search))
     result = graphprune.prune(SmallNet().eval(), torch.randn(1, 3, 16, 16), mode="global", target_latency=0.6,
                               pipeline=pipeline)
-    m = result.state.measurements
-    assert m["target_latency"] == 0.6
-    assert m["latency_dense_ms"] > 0 and m["latency_compact_ms"] > 0
-    assert m["latency_fraction"] == pytest.approx(m["latency_compact_ms"] / m["latency_dense_ms"])
-    assert 1 <= len(m["latency_candidates"]) <= 2
+    b = result.state.budget
+    assert b.kind == "latency" and b.target == 0.6
+    assert b.dense_ms > 0 and b.compact_ms > 0
+    assert b.achieved == pytest.approx(b.compact_ms / b.dense_ms)
+    assert 1 <= len(b.candidates) <= 2
     assert result.report.flops_after < result.report.flops_before
-    assert m["latency_flops_fraction"] == pytest.approx(fraction(result))
+    assert b.flops_fraction == pytest.approx(fraction(result))
     assert any(n.startswith("target_latency 0.6") and "noisy" in n for n in result.report.notes)
-    assert result.report.budget["latency_compact_ms"] == m["latency_compact_ms"]
+    assert result.report.budget.compact_ms == b.compact_ms
     assert result.report.exact
 
 

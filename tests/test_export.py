@@ -11,11 +11,11 @@ from helpers import calibrate
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 import graphprune
-import graphprune.export
+import graphprune.onnx_export
 from graphprune import Pipeline
 from graphprune.errors import ExportError, PipelineError
-from graphprune.export import export_onnx
-from graphprune.latency import compare_latency, measure_latency
+from graphprune.onnx_export import export_onnx
+from graphprune.onnx_latency import compare_latency, measure_latency
 from graphprune.passes import ExportPass, LatencyPass
 
 ZOO = ["resnet18", "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5", "convnext_tiny"]
@@ -118,7 +118,7 @@ def test_auto_falls_back_to_legacy_when_dynamo_fails(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("dynamo cannot trace this\nmore detail")
 
-    monkeypatch.setitem(graphprune.export._EXPORT, "dynamo", broken)
+    monkeypatch.setitem(graphprune.onnx_export._EXPORT, "dynamo", broken)
     info = export_onnx(Net(), torch.randn(1, 3, 8, 8), tmp_path / "net.onnx")
     assert info.exporter == "legacy"
     assert info.fallback_reason == "dynamo exporter: RuntimeError: dynamo cannot trace this"
@@ -126,9 +126,9 @@ def test_auto_falls_back_to_legacy_when_dynamo_fails(tmp_path, monkeypatch):
 
 
 def test_export_that_onnxruntime_disagrees_with_raises_and_leaves_nothing(tmp_path, monkeypatch):
-    real = graphprune.export.run_onnxruntime
+    real = graphprune.onnx_export.run_onnxruntime
     monkeypatch.setattr(
-        graphprune.export, "run_onnxruntime", lambda session, inputs: [y + 0.5 for y in real(session, inputs)]
+        graphprune.onnx_export, "run_onnxruntime", lambda session, inputs: [y + 0.5 for y in real(session, inputs)]
     )
     model = Net()
     expected = r"differs from PyTorch's on the dynamo-exported model with batch 1: max abs error 0\.5, relative [0-9.e+-]+ > tolerance 0\.0001$"

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
 from ..rules.base import has_tensor, opaque, value
+from ..tensors import owner_of
 
 UNKNOWN = UnknownOpRule()
 
@@ -90,10 +91,6 @@ def tie_shared_tensors(ctx: AnalysisContext) -> None:
                 ctx.pin(other.ids, reason)
 
 
-def _owner(target: str) -> str:
-    return target.rsplit(".", 1)[0] if "." in target else ""
-
-
 class ChannelAnalysisPass:
     name = "channels"
     requires = ("graph",)
@@ -113,7 +110,7 @@ class ChannelAnalysisPass:
         tie_shared_tensors(ctx)
         ignored = resolve_ignore(gm, tuple(state.config.ignore), state.model)
         for slot in ctx.slots.values():
-            owner = _owner(slot.target)
+            owner = owner_of(slot.target)
             if any(owner == m or owner.startswith(m + ".") for m in ignored):
                 ctx.pin(slot.ids, f"module {owner!r} is ignored")
             elif slot.target in self.opaque_attributes:
@@ -145,6 +142,7 @@ class ChannelAnalysisPass:
                 ctx.rule_names.setdefault(node.name, rule.name)
         if code is None:
             ctx.rule_names[node.name] = UNKNOWN.name
+            ctx.unknown.add(node.name)
             code = UNKNOWN.analyze(node, ctx)
         return code
 

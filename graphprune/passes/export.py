@@ -1,5 +1,5 @@
 """Export pass: write the compact (and optionally the dense) graph to ONNX,
-each checked on ONNX Runtime against PyTorch (see :func:`graphprune.export.export_onnx`).
+each checked on ONNX Runtime against PyTorch (see :func:`graphprune.onnx_export.export_onnx`).
 
 Not in the default pipeline, since it needs paths::
 
@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import os
 
-# A module import, not `from ..export import export_onnx`: graphprune.export
-# imports passes.verify, so this module may load while graphprune.export is
-# still half-initialised.
-from .. import export as onnx_export
+from ..onnx_export import export_onnx
 from ..pipeline import CompileState
 
 
@@ -43,12 +40,8 @@ class ExportPass:
 
     def __call__(self, state: CompileState) -> None:
         results = {
-            "compact": onnx_export.export_onnx(
-                state.compact, state.example_inputs, self.compact_path, **self.options
-            )
+            "compact": export_onnx(state.compact, state.example_inputs, self.compact_path, **self.options)
         }
         if self.dense_path is not None:
-            results["dense"] = onnx_export.export_onnx(
-                state.graph, state.example_inputs, self.dense_path, **self.options
-            )
+            results["dense"] = export_onnx(state.graph, state.example_inputs, self.dense_path, **self.options)
         state.measurements["onnx"] = results

@@ -23,7 +23,7 @@ dropped channels that vary with the input (a constant times a kept signal).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,23 +31,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .. import ids
+from ..numerics import fresh_copy, input_batches
 from ..pipeline import CompileState
-from ..tensors import fresh_copy, get_tensor
-from .verify import input_batches
-
-
-@dataclass
-class BiasFold:
-    """What the dropped input channels of one layer add to its output."""
-
-    node: str  # the layer's node in the masked (and compact) graph
-    weight: str  # its weight, whose filter slot says which outputs survive
-    bias: str | None  # its bias tensor; None: the compact layer gets one
-    out_dim: int  # the activation dim the bias runs along
-    delta: torch.Tensor  # per output channel of the full-width layer
-    exact: bool
-    why: str | None = None  # why not exact
-    channels: list[int] = field(default_factory=list)  # input positions that are not exact
+from ..plan import BiasFold, PruningPlan
+from ..tensors import get_tensor
 
 
 @dataclass
@@ -198,7 +185,7 @@ def summary(folds: list[BiasFold]) -> list[str]:
     return notes
 
 
-def apply_folds(gm: fx.GraphModule, plan: Any, folds: list[BiasFold]) -> None:
+def apply_folds(gm: fx.GraphModule, plan: PruningPlan, folds: list[BiasFold]) -> None:
     """Add what each layer's dropped constant inputs contributed to its bias
     (see the fold pass), giving the layer a bias if it had none."""
     filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
@@ -269,7 +256,6 @@ class FoldPass:
         if state.folds:
             state.notes.append(f"folded the constants of dropped channels into the biases of {len(state.folds)} "
                                f"layers ({sum(f.exact for f in state.folds)} exactly)")
-        state.extras["fold_inexact"] = inexact
         apply_folds(state.compact, state.plan, state.folds)
         state.compact.graph.lint()
         state.compact.recompile()

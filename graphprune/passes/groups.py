@@ -16,10 +16,6 @@ from ..pipeline import CompileState
 from ..plan import Group
 
 
-def _owner(target: str) -> str:
-    return target.rsplit(".", 1)[0] if "." in target else target
-
-
 def _concat(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The tensors end to end, and for each element the index of its tensor."""
     if not tensors:
@@ -79,7 +75,7 @@ def form_groups(channels: ChannelGraph) -> list[Group]:
         if root not in order:
             order[root] = len(order)
             producers_of.append([])
-        producers_of[order[root]].append(_owner(p.weight))
+        producers_of[order[root]].append(p.name)
     index_of_label = torch.full((n,), -1, dtype=torch.int64)
     if order:
         index_of_label[torch.tensor(list(order))] = torch.tensor(list(order.values()))

@@ -7,7 +7,7 @@ Runs after :class:`~graphprune.passes.export.ExportPass`::
                 .insert_after("export", LatencyPass(runs=50, threads=1)))
 
 Results go to ``state.measurements["latency"]``: ``{"compact": Latency}``,
-plus ``"dense"`` and ``"comparison"`` (a :class:`~graphprune.latency.LatencyComparison`
+plus ``"dense"`` and ``"comparison"`` (a :class:`~graphprune.onnx_latency.LatencyComparison`
 with the speed-up and the FLOPs ratio) when the dense model was exported too.
 The comparison is also added to the report's notes.
 """
@@ -15,7 +15,7 @@ The comparison is also added to the report's notes.
 from __future__ import annotations
 
 from ..errors import PipelineError
-from ..latency import LatencyComparison, measure_latency
+from ..onnx_latency import compare_latency, measure_latency
 from ..pipeline import CompileState
 
 
@@ -33,13 +33,13 @@ class LatencyPass:
             raise PipelineError(
                 "pass 'latency' times the ONNX files the 'export' pass writes; add an ExportPass before it"
             )
-        results = {
-            which: measure_latency(e.path, state.example_inputs, **self.options)
-            for which, e in exported.items()
-        }
-        if "dense" in results:
-            m = state.measurements
-            flops = (m["flops_before"], m["flops_after"]) if "flops_after" in m else None
-            results["comparison"] = LatencyComparison(results["dense"], results["compact"], flops)
-            state.notes.append(str(results["comparison"]))
-        state.measurements["latency"] = results
+        x = state.example_inputs
+        if "dense" not in exported:
+            state.measurements["latency"] = {"compact": measure_latency(exported["compact"].path, x, **self.options)}
+            return
+        m = state.measurements
+        flops = (m["flops_before"], m["flops_after"]) if "flops_after" in m else None
+        comparison = compare_latency(exported["dense"].path, exported["compact"].path, x, flops=flops, **self.options)
+        state.measurements["latency"] = {"dense": comparison.dense, "compact": comparison.compact,
+                                         "comparison": comparison}
+        state.notes.append(str(comparison))

@@ -1,28 +1,9 @@
-"""Measure pass: parameters and FLOPs before and after (torch.utils.flop_counter).
-
-FLOPs are counted by ``FlopCounterMode`` on one forward pass of the example
-inputs (2 x multiply-accumulates for convolutions and matrix products).
-"""
+"""Measure pass: parameters and FLOPs before and after (see :mod:`graphprune.flops`)."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
-
+from ..flops import count_flops, count_parameters
 from ..pipeline import CompileState
-from ..tensors import fresh_copy
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_flops(model: nn.Module, example_inputs: tuple) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*fresh_copy(example_inputs))
-    return int(counter.get_total_flops())
 
 
 class MeasurePass:

@@ -13,58 +13,17 @@ from __future__ import annotations
 
 import copy
 from itertools import chain
-from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .. import ids
-from ..analysis import ChannelGraph
+from ..masks import COMPILE_KEY, FILTER_KINDS, bake, keep_masks
 from ..pipeline import CompileState
 from ..plan import PruningPlan
+from ..rewriting import RewriteContext
 from ..rules import RULES
-from ..rules.base import TensorMeta, value
-from ..tensors import get_tensor, set_tensor
-from .mask import COMPILE_KEY, FILTER_KINDS, bake, keep_masks
-
-
-class RewriteContext:
-    """What a rule's ``rewrite`` may ask about the compact graph."""
-
-    def __init__(self, gm: fx.GraphModule, plan: PruningPlan):
-        self.gm = gm
-        self.plan = plan
-        self.analysis: ChannelGraph = plan.channels
-
-    def kept(self, code: torch.Tensor) -> torch.Tensor:
-        return self.plan.class_kept[self.analysis.class_of[ids.raw_ids(code)]]
-
-    def _along(self, code: torch.Tensor, dim: int) -> torch.Tensor:
-        keep = self.kept(code)
-        others = tuple(d for d in range(keep.ndim) if d != dim)
-        return keep.any(dim=others) if others else keep
-
-    def compact_size(self, code: torch.Tensor, shape: Any, dim: int) -> int:
-        dim = dim % len(shape)
-        if code.shape[dim] == 1:
-            return int(shape[dim])
-        return int(self._along(code, dim).sum())
-
-    def compact_shape(self, node: fx.Node) -> list[int] | None:
-        code, meta = self.analysis.codes.get(node.name), value(node)
-        if not isinstance(code, torch.Tensor) or not isinstance(meta, TensorMeta):
-            return None
-        return [self.compact_size(code, meta.shape, d) for d in range(meta.ndim)]
-
-    def kept_prefix(self, node: fx.Node, dim: int) -> torch.Tensor | None:
-        """Kept positions before each index along ``dim`` of ``node``'s output
-        (length size + 1), or None where nothing along ``dim`` is dropped."""
-        code = self.analysis.codes.get(node.name)
-        if not isinstance(code, torch.Tensor) or code.shape[dim % code.ndim] == 1:
-            return None
-        along = self._along(code, dim % code.ndim)
-        return torch.cat([torch.zeros(1, dtype=torch.int64), along.cumsum(0)])
+from ..tensors import get_tensor, retie, set_tensor
 
 
 def slice_parameters(gm: fx.GraphModule, plan: PruningPlan,
@@ -94,17 +53,6 @@ def slice_parameters(gm: fx.GraphModule, plan: PruningPlan,
             if dims_of[other] == dims_of[names[0]]:
                 retie(gm, other, get_tensor(gm, names[0], modules))
     return sliced
-
-
-def retie(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
-    owner, _, attr = target.rpartition(".")
-    module = gm.get_submodule(owner)
-    if attr in module._parameters:
-        module._parameters[attr] = tensor
-    elif attr in module._buffers:
-        module._buffers[attr] = tensor
-    else:
-        setattr(module, attr, tensor)
 
 
 def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
@@ -182,6 +130,11 @@ class RewritePass:
     provides = ("compact",)
 
     def __call__(self, state: CompileState) -> None:
+        state.compact = self.build(state, state.plan)
+
+    def build(self, state: CompileState, plan: PruningPlan) -> fx.GraphModule:
+        """The compact model of the traced graph under ``plan`` (the budget
+        search builds its candidates with this too)."""
         # The masked model's weights, sliced: it zeroes a layer's own dropped
         # filters even where the union keeps the channel, and so must the
         # compact model. Built from the traced graph, not from the masked
@@ -190,18 +143,18 @@ class RewritePass:
         compact = light_copy(state.graph)
         modules = dict(compact.named_modules(remove_duplicate=False))
         kinds = None if state.config.mask_bn else FILTER_KINDS
-        masks = keep_masks(compact, state.channels, state.plan.raw_dropped, kinds)
-        sliced = slice_parameters(compact, state.plan, modules)
+        masks = keep_masks(compact, plan.channels, plan.raw_dropped, kinds)
+        sliced = slice_parameters(compact, plan, modules)
         zero_dropped(compact, masks, sliced, modules)
         own_tensors(compact, state.graph)
-        rw = RewriteContext(compact, state.plan)
+        rw = RewriteContext(compact, plan)
         for node in list(compact.graph.nodes):
             rule = RULES.lookup(node, compact, modules) if node.op.startswith("call_") else None
             if rule is None or not hasattr(rule, "rewrite"):
                 continue
-            if state.channels.rule_names.get(node.name) == "unknown":
+            if node.name in plan.channels.unknown:
                 continue  # pinned: nothing about it changes
             rule.rewrite(node, rw)
         compact.graph.lint()
         compact.recompile()
-        state.compact = compact.eval()
+        return compact.eval()

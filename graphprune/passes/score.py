@@ -11,6 +11,7 @@ import torch
 from ..criteria import CRITERIA, LayerView
 from ..errors import ConfigError
 from ..pipeline import CompileState
+from ..tensors import get_tensor, owner_of
 
 
 def layer_view(gm: torch.nn.Module, producer, generator: torch.Generator,
@@ -18,24 +19,19 @@ def layer_view(gm: torch.nn.Module, producer, generator: torch.Generator,
     """What the criterion sees of ``producer`` (``modules``: name -> module of
     ``gm``, to skip walking module paths)."""
 
-    def get_tensor(root: torch.nn.Module, target: str) -> torch.Tensor:
-        owner, _, attr = target.rpartition(".")
-        module = modules.get(owner) if modules is not None else None
-        return getattr(module if module is not None else root.get_submodule(owner), attr)
-
-    weight = get_tensor(gm, producer.weight).detach()
+    weight = get_tensor(gm, producer.weight, modules).detach()
     filters = weight.movedim(producer.filter_dim, 0)
     filters = filters.reshape(filters.shape[0], -1)
     if filters.shape[0] != producer.ids.numel():  # grouped transposed conv: rows per group
         filters = filters.repeat(producer.ids.numel() // filters.shape[0], 1)
-    owner = producer.weight.rsplit(".", 1)[0] if "." in producer.weight else ""
+    owner = owner_of(producer.weight)
     bias_name = f"{owner}.bias" if owner else "bias"
     try:
-        bias = get_tensor(gm, bias_name)
+        bias = get_tensor(gm, bias_name, modules)
         bias = bias.detach() if bias is not None and bias.shape[:1] == filters.shape[:1] else None
     except AttributeError:
         bias = None
-    norm = get_tensor(gm, producer.norm).detach() if producer.norm else None
+    norm = get_tensor(gm, producer.norm, modules).detach() if producer.norm else None
     return LayerView(producer.name, filters.float(), bias, norm, generator)
 
 

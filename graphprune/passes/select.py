@@ -24,11 +24,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
 from .. import budget, ids
+from ..analysis import ChannelGraph
 from ..config import PruneConfig
-from ..pipeline import CompileState
+from ..errors import PipelineError
+from ..pipeline import CompileState, Pass
 from ..plan import PruningPlan
 
 
@@ -98,9 +101,13 @@ class SelectPass:
     requires = ("channels", "groups", "scores")
     provides = ("plan",)
 
-    def __init__(self, latency: budget.LatencySearch | None = None):
-        """``latency``: how a ``target_latency`` search times its candidates."""
+    def __init__(self, latency: budget.LatencySearch | None = None, rewrite: Pass | None = None):
+        """``latency``: how a ``target_latency`` search times its candidates;
+        ``rewrite``: the pass that builds a budget search's candidate models
+        (default: the running pipeline's ``rewrite`` pass, so a candidate is
+        exactly what the compile would produce)."""
         self.latency = latency or budget.LatencySearch()
+        self.rewrite = rewrite
 
     def __call__(self, state: CompileState) -> None:
         config, channels = state.config, state.channels
@@ -165,13 +172,31 @@ class SelectPass:
         if config.target_flops is None and config.target_latency is None:
             prunable = sum(g.prunable for g in state.groups)
             return finished(ranking.keep(min(ranking.size, math.floor(round(config.ratio * prunable, 6)))))
+        build = self.candidate_builder(state)
         if config.target_flops is not None:
-            cut = budget.fit_flops(state, ranking, finished, config.target_flops)
+            result = budget.fit_flops(state, ranking, finished, config.target_flops, build)
         else:
-            cut = budget.fit_latency(state, ranking, finished, config.target_latency, self.latency)
-        state.measurements.update(cut.measurements)
-        notes.extend(cut.notes)
-        return cut.class_kept
+            result = budget.fit_latency(state, ranking, finished, config.target_latency, build, self.latency)
+        state.budget = result
+        notes.extend(result.notes)
+        return result.class_kept
+
+    def candidate_builder(self, state: CompileState) -> budget.Build:
+        """Kept classes -> the compact model that keeps them, built by the rewrite pass."""
+        rewrite = self.rewrite
+        if rewrite is None and state.pipeline is not None and "rewrite" in state.pipeline.names:
+            rewrite = state.pipeline.get("rewrite")
+        if rewrite is None or not hasattr(rewrite, "build"):
+            raise PipelineError("a FLOPs or latency target builds candidate models with the pipeline's 'rewrite' "
+                                "pass; run select in a pipeline that has one, or pass SelectPass(rewrite=...)")
+
+        def build(class_kept: torch.Tensor) -> nn.Module:
+            raw_dropped = ~class_kept[state.channels.class_of]
+            plan = PruningPlan(state.channels, state.groups, class_kept, raw_dropped, state.config.mode,
+                               state.config.coupling)
+            return rewrite.build(state, plan)
+
+        return build
 
 
 @dataclass
@@ -225,7 +250,7 @@ def finish(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) 
     keep_one_per_slot(state.channels, scores, class_kept)
 
 
-def keep_one_per_slot(channels, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
+def keep_one_per_slot(channels: ChannelGraph, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
     """No parameter may lose every index (a split piece whose channels were
     all dropped would leave a conv with no input), and no tensor in the
     graph may lose every channel (an empty piece of a split that a literal

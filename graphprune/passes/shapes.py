@@ -32,11 +32,11 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_aggregate
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
+from ..numerics import fresh_copy
 from ..pipeline import CompileState
 from ..rules import RULES
 from ..rules.base import VALUE_KEY, TensorMeta
-from ..tensors import fresh_copy
 
 
 def describe_inputs(inputs: tuple) -> str:
@@ -186,7 +186,7 @@ class ShapePass:
         try:
             self.record(state.graph, state.example_inputs)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ConfigError(
                 f"the example inputs ({describe_inputs(state.example_inputs)}) do not fit the model: "
                 f"{first}. Pass inputs of the shape and dtype the model expects{dtype_hint(state)}."

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import ConfigError, TraceError
+from ..errors import ConfigError, TraceError, first_line
 from ..pipeline import CompileState
 
 FRONTEND_KEY = "graphprune.frontend"  # gm.meta: which frontend made the graph
@@ -61,9 +61,8 @@ def fx_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         gm.meta[FRONTEND_KEY] = "fx"
         return gm
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__}{_user_frame(exc)}: {first_line}. "
+            f"torch.fx cannot trace {type(model).__name__}{_user_frame(exc)}: {first_line(exc)}. "
             "Python control flow or calls that depend on tensor values cannot be traced "
             f"symbolically; {FX_ADVICE} or use the export frontend (frontend='export')."
         ) from exc
@@ -129,8 +128,9 @@ def export_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             ]
         return gm
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"torch.export cannot export {type(model).__name__}{_user_frame(exc)}: {first_line}") from exc
+        raise TraceError(
+            f"torch.export cannot export {type(model).__name__}{_user_frame(exc)}: {first_line(exc)}"
+        ) from exc
 
 
 @register_frontend("auto")

@@ -10,14 +10,14 @@ overloads to the very same rule classes where arguments line up.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 
 from .. import ids
-from ..tensors import get_tensor
-from .base import TensorMeta, describe, value
+from ..tensors import get_tensor, owner_of
+from .base import TensorMeta, argument, describe, value
 from .creating import ConvCall, conv_channels, linear_channels
 from .elementwise import ElementwiseRule, ProductRule, QuotientRule
 from .layout import ConcatRule, DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule, StackRule
@@ -25,6 +25,10 @@ from .normalization import ChannelMixingNormRule, batch_norm_channels
 from .pointwise import PointwiseRule, SpatialRule
 from .reduction import ReductionRule, SoftmaxRule
 from .registry import register_rule
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
 
 aten = torch.ops.aten
 
@@ -38,12 +42,6 @@ def ops(*names: str) -> list[Any]:
         if op is not None:
             found.append(op)
     return found
-
-
-def argument(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > position:
-        return node.args[position]
-    return node.kwargs.get(name, default)
 
 
 def set_argument(node: fx.Node, position: int, name: str, new: Any) -> None:
@@ -62,10 +60,6 @@ def attribute(arg: Any) -> str | None:
     return None
 
 
-def owner(target: str) -> str:
-    return target.rsplit(".", 1)[0] if "." in target else target
-
-
 class AtenConvRule:
     """aten.conv1d/2d/3d, aten.convolution, aten.conv_transpose*."""
 
@@ -82,7 +76,7 @@ class AtenConvRule:
             transposed = bool(argument(node, transposed, "transposed", False))
         return groups_at, transposed
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x, w, b = node.args[0], node.args[1], argument(node, 2, "bias")
         weight, bias = attribute(w), attribute(b)
         if weight is None or (b is not None and bias is None) or not isinstance(value(x), TensorMeta):
@@ -91,11 +85,11 @@ class AtenConvRule:
         groups = argument(node, groups_at, "groups", 1)
         shape = value(w).shape
         out_ch = shape[1] * groups if transposed else shape[0]
-        conv = ConvCall(owner(weight), x, weight, bias, value(x).shape[1], out_ch, groups, transposed)
+        conv = ConvCall(owner_of(weight), x, weight, bias, value(x).shape[1], out_ch, groups, transposed)
         return conv_channels(node, ctx, conv)
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
-        if rw.analysis.rule_names.get(node.name) == "depthwise":
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        if node.name in rw.analysis.depthwise:
             groups_at, _ = self._groups_position(node)
             set_argument(node, groups_at, "groups", get_tensor(rw.gm, attribute(node.args[1])).shape[0])
 
@@ -113,13 +107,13 @@ class AtenLinearRule:
     def parameters(self, node: fx.Node) -> list[Any]:
         return [node.args[1], argument(node, 2, "bias")]
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x, w, b = node.args[0], node.args[1], argument(node, 2, "bias")
         weight, bias = attribute(w), attribute(b)
         if weight is None or (b is not None and bias is None):
             return None
         out_features, in_features = value(w).shape
-        return linear_channels(node, ctx, owner(weight), x, weight, bias, in_features, out_features)
+        return linear_channels(node, ctx, owner_of(weight), x, weight, bias, in_features, out_features)
 
 
 class AtenBatchNormRule:
@@ -131,7 +125,7 @@ class AtenBatchNormRule:
     def parameters(self, node: fx.Node) -> list[Any]:
         return list(node.args[1:5])
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x = node.args[0]
         targets = [attribute(a) for a in node.args[1:5]]
         if any(t is None and a is not None for t, a in zip(targets, node.args[1:5])):
@@ -154,18 +148,18 @@ class AtenSliceRule(LayoutRule):
 
     name = "slice"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         code = ctx.code(node.args[0])
         dim = argument(node, 1, "dim", 0) % code.ndim
         if argument(node, 4, "step", 1) != 1 and dim in ids.varying_dims(code):
             ctx.pin_code(code, f"sliced with a step by {describe(node)} (node {node.name})")
         return super().analyze(node, ctx)
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         dim = argument(node, 1, "dim", 0)
         return {dim % ctx.code(node.args[0]).ndim} if isinstance(dim, int) else None
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         source = node.args[0]
         dim = argument(node, 1, "dim", 0) % value(source).ndim
         cum = rw.kept_prefix(source, dim)
@@ -181,13 +175,13 @@ class AtenSelectRule(LayoutRule):
 
     name = "select"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         code = ctx.code(node.args[0])
         if argument(node, 1, "dim", 0) % code.ndim in ids.varying_dims(code):
             ctx.pin_code(code, f"indexed channel by channel by {describe(node)} (node {node.name})")
         return super().analyze(node, ctx)
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         dim = argument(node, 1, "dim", 0)
         return {dim % ctx.code(node.args[0]).ndim} if isinstance(dim, int) else None
 

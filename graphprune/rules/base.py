@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 from torch.fx.node import map_aggregate
 
 from .. import ids
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
 
 VALUE_KEY = "graphprune.value"
 
@@ -34,6 +37,13 @@ def value(arg: Any) -> Any:
     if isinstance(arg, fx.Node):
         return arg.meta.get(VALUE_KEY)
     return arg
+
+
+def argument(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
+    """An argument of a call node, given by position or by keyword."""
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
 
 
 def has_tensor(v: Any) -> bool:
@@ -91,7 +101,7 @@ def describe(node: fx.Node) -> str:
     return f"function {target}()"
 
 
-def opaque(node: fx.Node, ctx: Any, reason: str) -> Any:
+def opaque(node: fx.Node, ctx: AnalysisContext, reason: str) -> Any:
     """Codes for an output whose channels nothing can be said about: one fresh
     pinned id per tensor."""
 
@@ -110,7 +120,7 @@ class UnknownOpRule:
 
     name = "unknown"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         reason = f"read by {describe(node)} (node {node.name}), which has no channel rule"
         for arg in tensor_args(node):
             code = ctx.code(arg)
@@ -119,7 +129,7 @@ class UnknownOpRule:
         return opaque(node, ctx, f"produced by {describe(node)} (node {node.name}), which has no channel rule")
 
 
-def channel_line(ctx: Any, node: fx.Node, code: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
+def channel_line(ctx: AnalysisContext, node: fx.Node, code: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
     """The code of each of the ``size`` channels along ``dim`` of an input that
     ``node`` treats channel by channel.
 

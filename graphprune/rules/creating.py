@@ -10,7 +10,7 @@ positions from each group and ``groups`` stays valid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -20,8 +20,12 @@ from .. import ids
 from .base import channel_line, describe, qualified, value
 from .registry import register_rule
 
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
 
-def consume(ctx: Any, node: fx.Node, code: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
+
+def consume(ctx: AnalysisContext, node: fx.Node, code: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
     """The raw id of each of the ``size`` channels along ``dim`` that an op
     reads, checking that dropped channels arrive as exact zeros: a channel
     that is not zero there is pinned."""
@@ -58,7 +62,7 @@ class ConvCall:
     transposed: bool
 
 
-def conv_channels(node: fx.Node, ctx: Any, conv: ConvCall) -> torch.Tensor:
+def conv_channels(node: fx.Node, ctx: AnalysisContext, conv: ConvCall) -> torch.Tensor:
     """Channel analysis of a convolution (module, functional or ATen)."""
     out_ndim = value(node).ndim
     in_ch, out_ch, groups = conv.in_channels, conv.out_channels, conv.groups
@@ -75,7 +79,7 @@ def conv_channels(node: fx.Node, ctx: Any, conv: ConvCall) -> torch.Tensor:
         ctx.add_slot(conv.weight, out_dim, raw, writes=True, kind="filter")
     elif groups == in_ch and out_ch == in_ch:
         # depthwise: output channel c is input channel c, filter c writes it
-        ctx.rule_names[node.name] = "depthwise"
+        ctx.depthwise.add(node.name)
         raw = incoming
         ctx.add_slot(conv.weight, 0, raw, writes=True, kind="filter")
     elif not conv.transposed:
@@ -104,7 +108,7 @@ class ConvRule:
     name = "conv"
     transposed = False
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         module = ctx.module(node.target)
         path = str(node.target)
         conv = ConvCall(
@@ -114,10 +118,10 @@ class ConvRule:
         )
         return conv_channels(node, ctx, conv)
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         module = rw.gm.get_submodule(node.target)
         w = module.weight
-        if rw.analysis.rule_names.get(node.name) == "depthwise":
+        if node.name in rw.analysis.depthwise:
             module.groups = module.in_channels = module.out_channels = w.shape[0]
         elif self.transposed:
             module.in_channels = w.shape[0]
@@ -134,7 +138,7 @@ class ConvTransposeRule(ConvRule):
     transposed = True
 
 
-def linear_channels(node: fx.Node, ctx: Any, name: str, x: fx.Node, weight: str, bias: str | None,
+def linear_channels(node: fx.Node, ctx: AnalysisContext, name: str, x: fx.Node, weight: str, bias: str | None,
                     in_features: int, out_features: int) -> torch.Tensor:
     """Channel analysis of a linear layer (module, functional or ATen)."""
     incoming = consume(ctx, node, ctx.code(x), -1, in_features)
@@ -153,14 +157,14 @@ def linear_channels(node: fx.Node, ctx: Any, name: str, x: fx.Node, weight: str,
 class LinearRule:
     name = "linear"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         module = ctx.module(node.target)
         path = str(node.target)
         bias = qualified(path, "bias") if module.bias is not None else None
         return linear_channels(node, ctx, path, node.args[0], qualified(path, "weight"), bias,
                                module.in_features, module.out_features)
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         module = rw.gm.get_submodule(node.target)
         module.out_features, module.in_features = module.weight.shape
 

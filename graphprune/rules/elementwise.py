@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -26,12 +26,15 @@ from .base import TensorMeta, describe, tensor_args, value
 from .pointwise import PointwiseRule
 from .registry import register_rule
 
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+
 
 class ElementwiseRule:
     name = "elementwise"
     combine = "sum"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         inputs = tensor_args(node)
         if len(inputs) == 1:
             return PointwiseRule().analyze(node, ctx)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -33,8 +33,12 @@ from .. import ids
 from .base import TensorMeta, call, describe, substitute, tensor_args, value
 from .registry import register_rule
 
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
 
-def finish(ctx: Any, code: torch.Tensor) -> torch.Tensor:
+
+def finish(ctx: AnalysisContext, code: torch.Tensor) -> torch.Tensor:
     code = ids.compress(code)
     varying = ids.varying_dims(code)
     if len(varying) >= 2:
@@ -46,13 +50,13 @@ def finish(ctx: Any, code: torch.Tensor) -> torch.Tensor:
 class LayoutRule:
     name = "layout"
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         """Dims of the inputs that the op must see at their real size (None:
         all of them). An op that moves dims around without looking at their
         size (permute, cat along another dim) runs on compressed codes."""
         return None
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         dims = self.materialized_dims(node, ctx)
         args, kwargs = substitute(node, lambda n: ids.expand_dims(ctx.code(n), value(n).shape, dims))
         try:
@@ -66,11 +70,11 @@ class DimMovingRule(LayoutRule):
     """permute, transpose, movedim, unsqueeze, t: dims move, sizes do not
     matter, so the op runs on the compressed codes as they are."""
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         return set()
 
 
-def _node_codes(nodes: Any, ctx: Any) -> list[torch.Tensor] | None:
+def _node_codes(nodes: Any, ctx: AnalysisContext) -> list[torch.Tensor] | None:
     """The codes of a list of tensor nodes, or None if any is not a tensor."""
     if not isinstance(nodes, (list, tuple)) or not nodes:
         return None
@@ -93,7 +97,7 @@ class ConcatRule(LayoutRule):
 
     stack = False
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         codes = _node_codes(tensors, ctx)
@@ -147,7 +151,7 @@ class GetItemRule(LayoutRule):
 
     name = "getitem"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         source, index = node.args[0], node.args[1]
         if not isinstance(value(source), TensorMeta):
             codes = ctx.code(source)
@@ -166,7 +170,7 @@ class GetItemRule(LayoutRule):
                 break
         return super().analyze(node, ctx)
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         # Only the dims the index reads; None (new axes) and Ellipsis read none.
         source, index = node.args[0], node.args[1]
         code = ctx.code(source)
@@ -174,7 +178,7 @@ class GetItemRule(LayoutRule):
             return None
         return {dim for _, dim, _ in index_entries(index, code.ndim)}
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         source, index = node.args[0], node.args[1]
         if not isinstance(value(source), TensorMeta):
             return
@@ -252,7 +256,7 @@ class ShapeArgsRule(LayoutRule):
 
     name = "reshape"
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         sizes = rw.compact_shape(node)
         if sizes is None:
             return
@@ -285,14 +289,14 @@ class SplitRule(LayoutRule):
 
     name = "split"
 
-    def materialized_dims(self, node: fx.Node, ctx: Any) -> set[int] | None:
+    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         code = ctx.code(node.args[0]) if node.args else None
         dim = split_dim(node)
         if not isinstance(code, torch.Tensor) or not isinstance(dim, int) or isinstance(dim, bool):
             return None
         return {dim % code.ndim}
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         source = node.args[0]
         dim = split_dim(node) % value(source).ndim
         cum = rw.kept_prefix(source, dim)
@@ -313,7 +317,7 @@ class SplitRule(LayoutRule):
 class NarrowRule(LayoutRule):
     name = "narrow"
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         source = node.args[0]
         # Bounds computed in the graph (``x.shape[1] - a``) are read as the
         # values the shape pass recorded, and become literals.
@@ -330,7 +334,7 @@ class NarrowRule(LayoutRule):
 class UnflattenRule(LayoutRule):
     name = "unflatten"
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         sizes = rw.compact_shape(node)
         if sizes is None:
             return
@@ -354,7 +358,7 @@ class ChannelShuffleRule:
 
     name = "channel_shuffle"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x = node.args[0]
         if node.op == "call_module":
             groups = ctx.module(node.target).groups

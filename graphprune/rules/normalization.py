@@ -11,7 +11,7 @@ are pinned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 import torch.nn as nn
@@ -21,9 +21,13 @@ from .. import ids
 from .base import channel_line, describe, qualified, tensor_args, value
 from .registry import register_rule
 
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
+
 
 def batch_norm_channels(
-    node: fx.Node, ctx: Any, x: fx.Node, weight: str | None, bias: str | None,
+    node: fx.Node, ctx: AnalysisContext, x: fx.Node, weight: str | None, bias: str | None,
     running_mean: str | None, running_var: str | None,
 ) -> Any:
     """Channel analysis of batch norm (module, functional or ATen): per channel,
@@ -46,7 +50,7 @@ def batch_norm_channels(
 class BatchNormRule:
     name = "batch_norm"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         module = ctx.module(node.target)
         path = str(node.target)
         affine = module.affine
@@ -59,7 +63,7 @@ class BatchNormRule:
             qualified(path, "running_var") if stats else None,
         )
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         module = rw.gm.get_submodule(node.target)
         source = module.weight if module.affine else module.running_mean
         if source is not None:
@@ -71,7 +75,7 @@ class ChannelMixingNormRule:
 
     name = "channel_mixing_norm"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         reason = f"normalised together by {describe(node)} (node {node.name}), which mixes channels"
         for arg in tensor_args(node):
             code = ctx.code(arg)

@@ -10,7 +10,7 @@ channel ids must not vary across those positions.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -22,8 +22,12 @@ from .. import ids
 from .base import TensorMeta, call, describe, qualified, substitute, tensor_args, value
 from .registry import register_rule
 
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
 
-def maps_zero_to_zero(node: fx.Node, ctx: Any, elementwise: bool = False) -> bool:
+
+def maps_zero_to_zero(node: fx.Node, ctx: AnalysisContext, elementwise: bool = False) -> bool:
     """Run the op with every tensor input set to zero; True if all outputs are zero.
 
     An ``elementwise`` op computes each output element from the input element
@@ -59,7 +63,7 @@ class PointwiseRule:
     name = "pointwise"
     spatial = False
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         inputs = tensor_args(node)
         if len(inputs) != 1:
             return None  # the walker falls back to the unknown-op rule
@@ -78,7 +82,7 @@ class PointwiseRule:
             code = ids.with_zero(code, False)
         return code.contiguous()
 
-    def add_slots(self, node: fx.Node, ctx: Any, code: torch.Tensor) -> None:
+    def add_slots(self, node: fx.Node, ctx: AnalysisContext, code: torch.Tensor) -> None:
         """Per-channel parameters of the op (none for most)."""
 
 
@@ -90,7 +94,7 @@ class SpatialRule(PointwiseRule):
 class PReLURule(PointwiseRule):
     name = "prelu"
 
-    def add_slots(self, node: fx.Node, ctx: Any, code: torch.Tensor) -> None:
+    def add_slots(self, node: fx.Node, ctx: AnalysisContext, code: torch.Tensor) -> None:
         module = ctx.module(node.target)
         if module.num_parameters > 1:
             from .base import channel_line
@@ -99,7 +103,7 @@ class PReLURule(PointwiseRule):
             if line is not None:
                 ctx.add_slot(qualified(str(node.target), "weight"), 0, ids.raw_ids(line), writes=False)
 
-    def rewrite(self, node: fx.Node, rw: Any) -> None:
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         module = rw.gm.get_submodule(node.target)
         module.num_parameters = module.weight.shape[0]
 
@@ -107,7 +111,7 @@ class PReLURule(PointwiseRule):
 class PadRule(SpatialRule):
     """F.pad: per-channel only while the padding stays off the channel dim."""
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
         ndim = value(node).ndim
         if not isinstance(pad, (list, tuple)) or len(pad) > 2 * (ndim - 2):

@@ -7,7 +7,7 @@ channels, so those channels are pinned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -15,21 +15,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ids
-from .base import TensorMeta, describe, opaque, tensor_args, value
+from .base import TensorMeta, argument, describe, opaque, tensor_args, value
 from .pointwise import maps_zero_to_zero
 from .registry import register_rule
 
-
-def argument(node: fx.Node, position: int, name: str, default: Any) -> Any:
-    if len(node.args) > position:
-        return node.args[position]
-    return node.kwargs.get(name, default)
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
 
 
 class ReductionRule:
     name = "reduction"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         if tensor_args(node) != [node.args[0]] or not isinstance(value(node), TensorMeta):
             return None
         code = ctx.code(node.args[0])
@@ -56,7 +53,7 @@ class SoftmaxRule:
 
     name = "softmax"
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any:
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x = node.args[0]
         code = ctx.code(x)
         if node.op == "call_module":

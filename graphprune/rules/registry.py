@@ -18,16 +18,19 @@ support for an op is registering one rule; nothing else changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.fx as fx
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
 
 
 class OpRule(Protocol):
     name: str
 
-    def analyze(self, node: fx.Node, ctx: Any) -> Any: ...
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any: ...
 
 
 class RuleRegistry:

@@ -2,8 +2,10 @@
 
 :func:`measure_latency` times ``session.run`` on fixed inputs after a few
 warm-up runs and reports the median and the spread. :func:`compare_latency`
-times a dense and a compact file on the same inputs and puts the measured
-speed-up next to the FLOPs ratio, the number pruning promises.
+times a dense and a compact file on the same inputs, in interleaved rounds,
+and puts the measured speed-up next to the FLOPs ratio, the number pruning
+promises. It is the one timer: the CLI, the latency pass and the latency
+budget search all time through it.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def measure_latency(
 
     Example::
 
-        from graphprune.latency import measure_latency
+        from graphprune.onnx_latency import measure_latency
         lat = measure_latency("resnet18_pruned.onnx", torch.randn(1, 3, 224, 224), threads=1)
         print(lat.median_ms, lat.p10_ms, lat.p90_ms)
 
@@ -129,39 +131,11 @@ def measure_latency(
     use); a ready session is timed as it was built, so ``threads`` and
     ``provider`` must be left at their defaults then.
     """
-    if not isinstance(runs, int) or runs < 1:
-        raise ConfigError(f"runs must be an integer >= 1; got {runs!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup must be an integer >= 0; got {warmup!r}")
-    if isinstance(onnx_path_or_session, ort.InferenceSession):
-        if threads is not None or provider != "CPUExecutionProvider":
-            raise ConfigError(
-                "threads and provider are fixed when a session is built; pass a path, or build the session with them"
-            )
-        session = onnx_path_or_session
-    else:
-        session = open_session(onnx_path_or_session, threads=threads, provider=provider)
+    _check_counts(runs, warmup, 1)
+    session = _session(onnx_path_or_session, threads, provider)
     feed = onnx_feed(session, inputs)
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times[i] = time.perf_counter() - start
-    times *= 1000.0
-    p10, median, p90 = np.percentile(times, [10, 50, 90])
-    return Latency(
-        median_ms=float(median),
-        p10_ms=float(p10),
-        p90_ms=float(p90),
-        min_ms=float(times.min()),
-        max_ms=float(times.max()),
-        runs=runs,
-        warmup=warmup,
-        threads=session.get_session_options().intra_op_num_threads or None,
-        provider=session.get_providers()[0],
-    )
+    _run(session, feed, warmup)
+    return _summary(session, _run(session, feed, runs), warmup)
 
 
 def compare_latency(
@@ -172,24 +146,78 @@ def compare_latency(
     flops: tuple[int, int] | None = None,
     warmup: int = 3,
     runs: int = 20,
+    rounds: int = 1,
     threads: int | None = None,
 ) -> LatencyComparison:
-    """Time a dense and a compact ONNX model on the same inputs.
+    """Time a dense and a compact ONNX model on the same inputs, in
+    ``rounds`` interleaved rounds of ``runs`` runs each (a load change on the
+    machine then hits both); each latency is over all its timed runs.
 
     Example::
 
-        from graphprune.latency import compare_latency
+        from graphprune.onnx_latency import compare_latency
         r = result.report
-        cmp = compare_latency("dense.onnx", "compact.onnx", x, flops=(r.flops_before, r.flops_after))
+        cmp = compare_latency("dense.onnx", "compact.onnx", x, flops=(r.flops_before, r.flops_after), rounds=3)
         print(cmp.speedup, cmp.flops_ratio)
 
     ``flops``: (dense FLOPs, compact FLOPs), e.g. from
     :class:`~graphprune.api.Report`; gives ``flops_ratio``.
     """
-    kwargs = dict(warmup=warmup, runs=runs, threads=threads)
-    dense_latency = measure_latency(dense, inputs, **kwargs)
-    compact_latency = measure_latency(compact, inputs, **kwargs)
+    _check_counts(runs, warmup, rounds)
+    sessions = [_session(s, threads, "CPUExecutionProvider") for s in (dense, compact)]
+    feeds = [onnx_feed(s, inputs) for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        _run(session, feed, warmup)
+    samples: list[list[np.ndarray]] = [[], []]
+    for _ in range(rounds):
+        for which, (session, feed) in enumerate(zip(sessions, feeds)):
+            samples[which].append(_run(session, feed, runs))
+    dense_latency, compact_latency = (
+        _summary(session, np.concatenate(times), warmup) for session, times in zip(sessions, samples)
+    )
     return LatencyComparison(dense_latency, compact_latency, flops)
+
+
+def _check_counts(runs: int, warmup: int, rounds: int) -> None:
+    for name, count, least in (("runs", runs, 1), ("warmup", warmup, 0), ("rounds", rounds, 1)):
+        if not isinstance(count, int) or count < least:
+            raise ConfigError(f"{name} must be an integer >= {least}; got {count!r}")
+
+
+def _session(source: str | os.PathLike | ort.InferenceSession, threads: int | None,
+             provider: str) -> ort.InferenceSession:
+    if isinstance(source, ort.InferenceSession):
+        if threads is not None or provider != "CPUExecutionProvider":
+            raise ConfigError(
+                "threads and provider are fixed when a session is built; pass a path, or build the session with them"
+            )
+        return source
+    return open_session(source, threads=threads, provider=provider)
+
+
+def _run(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int) -> np.ndarray:
+    """Milliseconds of each of ``runs`` runs."""
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times[i] = time.perf_counter() - start
+    return times * 1000.0
+
+
+def _summary(session: ort.InferenceSession, times: np.ndarray, warmup: int) -> Latency:
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return Latency(
+        median_ms=float(median),
+        p10_ms=float(p10),
+        p90_ms=float(p90),
+        min_ms=float(times.min()),
+        max_ms=float(times.max()),
+        runs=int(times.size),
+        warmup=warmup,
+        threads=session.get_session_options().intra_op_num_threads or None,
+        provider=session.get_providers()[0],
+    )
 
 
 def onnx_feed(session: ort.InferenceSession, inputs: Inputs) -> dict[str, np.ndarray]:

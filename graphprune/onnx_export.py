@@ -15,7 +15,6 @@ exporter is used.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -31,9 +30,9 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
-from .errors import ConfigError, ExportError
-from .latency import onnx_feed
-from .passes.verify import compare
+from .errors import ConfigError, ExportError, first_line
+from .numerics import as_inputs, compare
+from .onnx_latency import onnx_feed
 
 EXPORTERS = ("auto", "dynamo", "legacy")
 # Protobuf cannot serialise a message over 2 GiB; above this many bytes of
@@ -90,7 +89,7 @@ def export_onnx(
     Example::
 
         import torch, torchvision, graphprune
-        from graphprune.export import export_onnx
+        from graphprune.onnx_export import export_onnx
 
         x = torch.randn(1, 3, 224, 224)
         result = graphprune.prune(torchvision.models.resnet18(), x, ratio=0.5)
@@ -111,7 +110,7 @@ def export_onnx(
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise ConfigError("example_inputs must be a tensor or a non-empty sequence of tensors")
     if dynamic_batch and any(x.dim() == 0 for x in inputs):
@@ -142,19 +141,7 @@ def _export_checked(
     tolerance: float,
 ) -> OnnxExport:
     start = time.perf_counter()
-    batches = [inputs]
-    if dynamic_batch:
-        batches.append(_other_batch(inputs, 3 if inputs[0].shape[0] != 3 else 2))
-    with torch.no_grad():
-        expected = [tree_leaves(model(*inputs))]
-        if dynamic_batch:
-            try:
-                expected.append(tree_leaves(model(*batches[1])))
-            except Exception as exc:
-                raise ExportError(
-                    f"{type(model).__name__} fails in PyTorch with batch {batches[1][0].shape[0]} "
-                    f"({_first_line(exc)}); pass dynamic_batch=False to export a fixed batch"
-                ) from exc
+    batches, expected = _reference_outputs(model, inputs, dynamic_batch)
     job = _Job(
         model=model,
         batches=batches,
@@ -198,6 +185,26 @@ def _export_checked(
         external_data=extra,
         fallback_reason=failures[0] if failures else None,
     )
+
+
+def _reference_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                       dynamic_batch: bool) -> tuple[list[tuple[torch.Tensor, ...]], list[list[torch.Tensor]]]:
+    """The batches to check (the example, and with a dynamic batch one of
+    another size) and PyTorch's outputs on them."""
+    batches = [inputs]
+    if dynamic_batch:
+        batches.append(_other_batch(inputs, 3 if inputs[0].shape[0] != 3 else 2))
+    with torch.no_grad():
+        expected = [tree_leaves(model(*inputs))]
+        if dynamic_batch:
+            try:
+                expected.append(tree_leaves(model(*batches[1])))
+            except Exception as exc:
+                raise ExportError(
+                    f"{type(model).__name__} fails in PyTorch with batch {batches[1][0].shape[0]} "
+                    f"({_first_line(exc)}); pass dynamic_batch=False to export a fixed batch"
+                ) from exc
+    return batches, expected
 
 
 @dataclass(frozen=True)
@@ -351,10 +358,8 @@ def _opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    """The exception's type and its first line: an exporter's errors are often
+    only meaningful with the type (``TorchExportError: ...``)."""
+    line = first_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"

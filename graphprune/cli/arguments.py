@@ -1,0 +1,124 @@
+"""Command-line arguments: the parser, and options validated before any work."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..config import COUPLINGS, MODES, PruneConfig
+from ..criteria import CRITERIA
+from ..errors import GraphpruneError
+
+EXAMPLES = """examples:
+  graphprune prune resnet18 --ratio 0.5 -o resnet18_pruned.onnx
+  graphprune prune resnet50 --target-flops 0.5 --round-to 8
+  graphprune prune mobilenet_v3_large --target-latency 0.6
+  graphprune prune mypkg.models:build_net --weights net.pt --input-shape 1,3,128,128 --save out/
+  graphprune prune yolov8n.yaml --input-shape 1,3,640,640 -o yolov8n_pruned.onnx
+  graphprune inspect resnet50 --input-shape 1,3,64,64
+  graphprune bench mobilenet_v3_large --ratio 0.3
+  graphprune bench resnet18_pruned.onnx --input-shape 1,3,224,224
+
+MODEL is a torchvision model name (random weights: nothing is downloaded), an
+ultralytics config such as yolov8n.yaml (random weights) or checkpoint (.pt,
+with --trust-checkpoint), or package.module:factory, a function that returns
+your nn.Module.
+"""
+
+
+class UsageError(GraphpruneError):
+    """A command-line argument is wrong."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise UsageError(f"--input-shape must be comma-separated positive integers such as 1,3,224,224; got {text!r}")
+    return shape
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="torchvision model name, yolov8n.yaml / model.pt, or package.module:factory")
+    p.add_argument("--weights", metavar="FILE", help="state dict to load (read with weights_only=True)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow MODEL to be a pickled ultralytics .pt (unpickling runs code from the file)")
+    p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
+
+
+def add_prune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to drop, in [0, 1) (default 0.5)")
+    p.add_argument("--target-flops", type=float, default=None, metavar="F",
+                   help="prune to this fraction of the dense FLOPs, in (0, 1] (implies --mode global)")
+    p.add_argument("--target-latency", type=float, default=None, metavar="F",
+                   help="prune to this fraction of the dense ONNX Runtime latency, measured (implies --mode global)")
+    p.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), help="default l1")
+    p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
+    p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules (or glob patterns) to keep as they are")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels per group a multiple of N")
+    p.add_argument("--min-channels", type=int, default=1, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphprune",
+        description="Channel-pruning compiler for PyTorch CNNs: a physically smaller model, verified lossless.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prune", parents=[common], help="prune a model and write ONNX / a saved model / a report",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    add_prune_arguments(p)
+    p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the compact model as ONNX (checked on ONNX Runtime)")
+    p.add_argument("--save", metavar="DIR", help="save the compact model (plan.json + weights) to DIR")
+    p.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
+    p.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
+
+    p = sub.add_parser("inspect", parents=[common], help="print the coupled channel groups and what is pinned, and why")
+    add_model_arguments(p)
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME")
+    p.add_argument("--all", action="store_true", help="list every group (default: the first 40)")
+
+    p = sub.add_parser("bench", parents=[common], help="params, FLOPs and ONNX Runtime latency, dense vs pruned")
+    p.add_argument("model", metavar="MODEL|FILE.onnx")
+    p.add_argument("--weights", metavar="FILE")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W")
+    add_prune_arguments(p)
+    p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    return parser
+
+
+def _targets(args: argparse.Namespace) -> dict[str, float]:
+    return {name: getattr(args, name) for name in ("target_flops", "target_latency") if getattr(args, name) is not None}
+
+
+def prune_options(args: argparse.Namespace) -> dict:
+    targets = _targets(args)
+    if targets:
+        flag = "--" + next(iter(targets)).replace("_", "-")
+        if args.mode not in (None, "global"):
+            raise UsageError(f"{flag} ranks channels across the whole model, so it implies --mode global; "
+                             f"drop --mode {args.mode}")
+        if args.ratio is not None:
+            raise UsageError(f"give --ratio or {flag}, not both: the target decides how much is pruned")
+    options = dict(
+        ratio=0.5 if args.ratio is None else args.ratio, criterion=args.criterion,
+        mode=args.mode or ("global" if targets else "per_layer"), coupling=args.coupling,
+        ignore=tuple(args.ignore), round_to=args.round_to, min_channels=args.min_channels, seed=args.seed,
+        **targets,
+    )
+    PruneConfig(**options)  # validate before any work
+    return options

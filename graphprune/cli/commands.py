@@ -1,0 +1,179 @@
+"""The commands: prune, inspect, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .arguments import UsageError, parse_shape, prune_options
+from .models import model_and_inputs
+from .output import Outputs, budget_rows, change, human, print_table, progress, report_document, setting
+
+if TYPE_CHECKING:
+    from ..api import PruneResult
+    from ..onnx_export import OnnxExport
+
+
+def latency_rows(result: PruneResult, workdir: Path, runs: int = 20, threads: int | None = None,
+                 compact: OnnxExport | None = None) -> dict:
+    """Dense vs compact on ONNX Runtime; ``compact``: the file already written, if any (not exported twice)."""
+    from ..onnx_export import export_onnx
+    from ..onnx_latency import compare_latency
+
+    x = result.state.example_inputs
+    dense = export_onnx(result.state.graph, x, workdir / "dense.onnx")
+    compact = compact or export_onnx(result.compact, x, workdir / "compact.onnx")
+    timed = compare_latency(dense.path, compact.path, x, runs=runs, threads=threads)
+    return {
+        "dense_ms": timed.dense.median_ms,
+        "compact_ms": timed.compact.median_ms,
+        "speedup": timed.speedup,
+        "threads": timed.compact.threads,
+        "runs": runs,
+        "onnx_bytes_dense": dense.size_bytes,
+        "onnx_bytes_compact": compact.size_bytes,
+    }
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    options = prune_options(args)
+    model, inputs = model_and_inputs(args)
+    from ..api import prune
+
+    outputs = Outputs()
+    try:
+        with progress(not args.json) as step:
+            result = prune(model, inputs, progress=step, **options)
+            onnx = None
+            if args.output:
+                from ..onnx_export import export_onnx
+
+                step("export")
+                onnx = export_onnx(result.compact, inputs, outputs.stage(args.output))
+            latency = None
+            if not args.no_latency:
+                step("latency")
+                latency = latency_rows(result, outputs.staging, compact=onnx)
+        if args.save:
+            from ..serialize import save
+
+            save(result, outputs.stage(args.save))
+        document = report_document(result, latency, onnx, args.output)
+        if args.report:
+            outputs.stage(args.report).write_text(json.dumps(document, indent=2))
+        outputs.commit()
+    finally:
+        outputs.close()
+
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    r = result.report
+    rows = [
+        ["parameters", human(r.params_before), human(r.params_after), change(r.params_before, r.params_after)],
+        ["FLOPs", human(r.flops_before), human(r.flops_after), change(r.flops_before, r.flops_after)],
+        ["channels", result.plan.channels_before, result.plan.channels_after,
+         change(result.plan.channels_before, result.plan.channels_after)],
+    ]
+    if latency:
+        rows.append(["ORT latency (ms)", f"{latency['dense_ms']:.2f}", f"{latency['compact_ms']:.2f}",
+                     f"{latency['speedup']:.2f}x faster"])
+    rows += budget_rows(r)
+    rows.append(["max error vs masked", "", f"{r.max_abs_error:.2e}", "exact" if r.exact else "NOT EXACT"])
+    print_table(f"graphprune {args.model}: {setting(options)}, {args.criterion}, {options['mode']}",
+                ["", "dense", "pruned", "change"], rows)
+    for path in (args.output, args.save, args.report):
+        if path:
+            print(f"wrote {path}")
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..config import PruneConfig
+    from ..pipeline import CompileState, Pipeline
+
+    model, inputs = model_and_inputs(args)
+    state = CompileState(model=model, example_inputs=inputs, config=PruneConfig(ignore=tuple(args.ignore)))
+    with progress(not args.json) as step:
+        Pipeline.default().until("groups").run(state, step)
+    groups = state.groups
+    docs = [
+        {
+            "group": g.name, "channels": g.size, "prunable": g.prunable, "pinned": g.size - g.prunable,
+            "producers": g.producers, "members": g.members, "pinned_because": g.reasons,
+        }
+        for g in groups
+    ]
+    if args.json:
+        print(json.dumps({"model": args.model, "groups": docs}, indent=2))
+        return 0
+    shown = docs if args.all else docs[:40]
+    rows = [
+        [d["group"], d["channels"], d["pinned"], len(d["members"]),
+         ", ".join(d["producers"][:3]) + (f" +{len(d['producers']) - 3}" if len(d["producers"]) > 3 else ""),
+         "; ".join(d["pinned_because"][:2])]
+        for d in shown
+    ]
+    print_table(f"{args.model}: {len(groups)} groups of coupled channels", 
+                ["group", "channels", "pinned", "members", "producers", "pinned because"], rows)
+    if len(shown) < len(docs):
+        print(f"... {len(docs) - len(shown)} more groups (--all lists them)")
+    total = sum(d["channels"] for d in docs)
+    free = sum(d["prunable"] for d in docs)
+    print(f"{free} of {total} produced channels are prunable ({free / max(total, 1):.1%})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..onnx_latency import measure_latency
+
+    shape = parse_shape(args.input_shape)
+    if args.model.endswith(".onnx"):
+        if not os.path.isfile(args.model):
+            raise UsageError(f"ONNX file {args.model!r} does not exist")
+        x = (torch.randn(shape),)
+        t = measure_latency(args.model, x, runs=args.runs, threads=args.threads)
+        doc = {"file": args.model, "latency_ms": t.median_ms, "threads": t.threads, "runs": t.runs}
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            print_table(f"{args.model} on ONNX Runtime", ["", "value"],
+                        [["median latency (ms)", f"{t.median_ms:.2f}"], ["threads", t.threads], ["runs", t.runs]])
+        return 0
+    options = prune_options(args)
+    model, inputs = model_and_inputs(args)
+    from ..api import prune
+
+    with progress(not args.json) as step, tempfile.TemporaryDirectory() as tmp:
+        result = prune(model, inputs, progress=step, **options)
+        step("latency")
+        latency = latency_rows(result, Path(tmp), runs=args.runs, threads=args.threads)
+    r = result.report
+    doc = report_document(result, latency)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    flops_ratio = r.flops_before / r.flops_after
+    print_table(
+        f"{args.model} at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
+        f"{latency['threads']} threads",
+        ["", "dense", "pruned", "ratio"],
+        [
+            ["parameters", human(r.params_before), human(r.params_after), f"{r.params_before / r.params_after:.2f}x"],
+            ["FLOPs", human(r.flops_before), human(r.flops_after), f"{flops_ratio:.2f}x"],
+            ["latency (ms, median)", f"{latency['dense_ms']:.2f}", f"{latency['compact_ms']:.2f}",
+             f"{latency['speedup']:.2f}x"],
+            *budget_rows(r),
+        ],
+    )
+    print(f"measured speed-up {latency['speedup']:.2f}x vs FLOPs reduction {flops_ratio:.2f}x")
+    return 0

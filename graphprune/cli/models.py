@@ -1,0 +1,111 @@
+"""What MODEL names: a torchvision model, an ultralytics config or checkpoint,
+or ``package.module:factory``; and loading a state dict into it safely."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+
+from ..errors import first_line
+from .arguments import UsageError, parse_shape
+
+
+def build_ultralytics(spec: str, trust_checkpoint: bool) -> nn.Module:
+    """An ultralytics model from a yaml config (random weights) or a ``.pt`` checkpoint."""
+    if spec.endswith(".pt") and not trust_checkpoint:
+        raise UsageError(
+            f"{spec} is a pickled checkpoint: loading it runs code stored in the file. "
+            "Pass --trust-checkpoint if you trust where it came from"
+        )
+    if spec.endswith(".pt") and not os.path.isfile(spec):
+        raise UsageError(f"checkpoint {spec!r} does not exist")
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise UsageError(f"{spec} needs ultralytics: pip install 'graphprune[yolo]'") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return YOLO(spec).model.float().eval()
+    except Exception as exc:
+        first = first_line(exc)
+        raise UsageError(f"ultralytics cannot build {spec!r}: {first[:200]}") from None
+
+
+def build_model(spec: str, trust_checkpoint: bool = False) -> nn.Module:
+    """A torchvision model name, an ultralytics ``yolov8n.yaml`` / ``.pt``, or
+    ``package.module:factory``."""
+    if spec.endswith((".yaml", ".yml", ".pt")):
+        return build_ultralytics(spec, trust_checkpoint)
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"cannot import {module_name!r} for MODEL {spec!r}: {exc}") from None
+        factory = getattr(module, attr, None)
+        if factory is None:
+            raise UsageError(f"{module_name!r} has no attribute {attr!r} (MODEL {spec!r})")
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model.eval()
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if spec not in names:
+        close = difflib.get_close_matches(spec, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; use a torchvision model name or package.module:factory"
+        raise UsageError(f"unknown model {spec!r}{hint}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torchvision.models.get_model(spec, weights=None).eval()
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict safely (``weights_only=True``); any mismatch is an error."""
+    if not os.path.isfile(path):
+        raise UsageError(f"weights file {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = first_line(exc)
+        raise UsageError(
+            f"cannot read weights {path!r} as a plain state dict ({first[:200]}); it may be truncated, "
+            "or a pickled checkpoint, which graphprune does not unpickle"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UsageError(f"{path!r} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise UsageError(f"weights {path!r} do not fit {type(model).__name__}: keys " + ", ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def model_and_inputs(args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    shape = parse_shape(args.input_shape)
+    model = build_model(args.model, args.trust_checkpoint)
+    if args.weights:
+        load_weights(model, args.weights)
+    return model, (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)

@@ -1,0 +1,139 @@
+"""FLOPs: counted by ``torch.utils.flop_counter`` on a real run, and
+predicted for any choice of kept channels without building the compact model.
+
+:func:`count_flops` is what the measure pass reports. :class:`FlopsModel` is
+what the budget search costs its candidates with. A conv's or linear's FLOPs
+are proportional to the number of elements of its weight (the counter counts
+``2 * batch * weight.numel() * output positions``), and the rewrite slices
+each weight dimension to the kept channels of its slot, so a node's compact
+FLOPs are its dense FLOPs times the kept fraction of every channel-indexed
+dimension of its weight. That covers depthwise and grouped convs too (their
+weight dims are slotted per channel and per group position). FLOPs no weight
+scales (a matmul of two activations) are held constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from .analysis import ChannelGraph
+from .numerics import fresh_copy
+from .tensors import get_tensor
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, example_inputs: tuple) -> int:
+    """FLOPs of one forward pass of ``model`` on the inputs (2 per multiply-accumulate)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*fresh_copy(example_inputs))
+    return int(counter.get_total_flops())
+
+
+class _NodeFlops(fx.Interpreter):
+    """Runs the graph once under one FlopCounterMode, noting what each node adds."""
+
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode):
+        super().__init__(gm)
+        self.counter = counter
+        self.flops: dict[fx.Node, int] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        before = self.counter.get_total_flops()
+        result = super().run_node(n)
+        added = self.counter.get_total_flops() - before
+        if added:
+            self.flops[n] = added
+        return result
+
+
+def _tensors_read(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """Qualified names of the parameters and buffers a node reads."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        prefix = f"{node.target}." if node.target else ""
+        named = list(module.named_parameters()) + list(module.named_buffers())
+        return [prefix + name for name, _ in named]
+    leaves = tree_leaves((node.args, node.kwargs))
+    return [str(a.target) for a in leaves if isinstance(a, fx.Node) and a.op == "get_attr"]
+
+
+@dataclass
+class FlopsModel:
+    """Compact-model FLOPs as a function of which coupled channels are kept.
+
+    ``dense`` is the dense graph's count at the example inputs; ``fixed`` the
+    part of it no slotted weight scales. Each *term* is one node's FLOPs,
+    scaled by the product of the kept fractions of the slots (weight
+    dimensions) listed for it in ``term_slots`` (-1: no slot, factor 1).
+    """
+
+    dense: int
+    fixed: int
+    term_flops: torch.Tensor  # float64 (T,)
+    term_slots: torch.Tensor  # int64 (T, D), -1 padded
+    slot_classes: torch.Tensor  # class of every index of every slot, concatenated
+    slot_index: torch.Tensor  # which slot each entry of slot_classes belongs to
+    slot_sizes: torch.Tensor  # float64 (S,)
+
+    @classmethod
+    def build(cls, gm: fx.GraphModule, channels: ChannelGraph, example_inputs: tuple) -> FlopsModel:
+        counter = FlopCounterMode(display=False)
+        runner = _NodeFlops(gm, counter)
+        with torch.no_grad(), counter:
+            runner.run(*fresh_copy(example_inputs))
+        terms, fixed = cls._terms(gm, channels, runner.flops)
+        width = max((len(s) for _, s in terms), default=1)
+        term_slots = torch.full((len(terms), width), -1, dtype=torch.int64)
+        for row, (_, slots) in enumerate(terms):
+            term_slots[row, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
+        slot_classes = [channels.class_of[s.ids] for s in channels.slots]
+        return cls(
+            dense=int(counter.get_total_flops()),
+            fixed=fixed,
+            term_flops=torch.tensor([float(f) for f, _ in terms], dtype=torch.float64),
+            term_slots=term_slots,
+            slot_classes=torch.cat(slot_classes) if slot_classes else torch.empty(0, dtype=torch.int64),
+            slot_index=torch.repeat_interleave(
+                torch.arange(len(slot_classes)), torch.tensor([c.numel() for c in slot_classes], dtype=torch.int64)
+            ),
+            slot_sizes=torch.tensor([float(c.numel()) for c in slot_classes], dtype=torch.float64),
+        )
+
+    @staticmethod
+    def _terms(gm: fx.GraphModule, channels: ChannelGraph,
+               flops: dict[fx.Node, int]) -> tuple[list[tuple[int, list[int]]], int]:
+        """Per node that its weight scales: (FLOPs, that weight's slots); and the rest's FLOPs."""
+        slots_of: dict[str, list[int]] = {}
+        for i, slot in enumerate(channels.slots):
+            slots_of.setdefault(slot.target, []).append(i)
+        terms: list[tuple[int, list[int]]] = []
+        fixed = 0
+        for node, count in flops.items():
+            slotted = [t for t in _tensors_read(gm, node) if t in slots_of]
+            if not slotted:
+                fixed += count
+                continue
+            # the weight: the biggest tensor the node reads (a bias is slotted too)
+            weight = max(slotted, key=lambda t: get_tensor(gm, t).numel())
+            terms.append((count, slots_of[weight]))
+        return terms, fixed
+
+    def predict(self, class_kept: torch.Tensor) -> float:
+        """FLOPs of the compact model that keeps ``class_kept``."""
+        kept = torch.zeros(self.slot_sizes.numel() + 1, dtype=torch.float64)
+        kept[:-1].index_add_(0, self.slot_index, class_kept[self.slot_classes].double())
+        fraction = kept[:-1] / self.slot_sizes.clamp_min(1)
+        fraction = torch.cat([fraction, torch.ones(1, dtype=torch.float64)])  # index -1: factor 1
+        scale = fraction[self.term_slots].prod(dim=1)
+        return self.fixed + float((self.term_flops * scale).sum())

@@ -1,0 +1,91 @@
+"""Inputs and comparisons: the numerics that verification, folding, export
+and the budget search share.
+
+- :func:`as_inputs` turns what a user passes (one tensor or a tuple) into a tuple;
+- :func:`fresh_copy` clones inputs before a run (a model may write them in place);
+- :func:`input_batches` gives the example inputs and seeded random ones like them;
+- :func:`compare` is the largest absolute and relative error between two
+  outputs, and :class:`Verification` what a check of compact against masked found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+
+def as_inputs(example_inputs: torch.Tensor | tuple | list) -> tuple:
+    """One tensor becomes a 1-tuple; a tuple or list becomes a tuple."""
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def fresh_copy(inputs: tuple) -> tuple:
+    """The inputs with every tensor cloned: a model may write its input in
+    place (``x.relu_()``), which must change neither the caller's tensors nor
+    the next run that reads them."""
+    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def random_like(example: tuple, generator: torch.Generator) -> tuple:
+    """Standard-normal tensors shaped like the floating-point inputs; other inputs as they are."""
+    out = []
+    for x in example:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            out.append(torch.randn(x.shape, generator=generator, dtype=x.dtype))
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def input_batches(example: tuple, seed: int, random_batches: int) -> list[tuple]:
+    """The example inputs, then seeded random inputs of the same shapes."""
+    generator = torch.Generator().manual_seed(seed)
+    return [tuple(example)] + [random_like(example, generator) for _ in range(random_batches)]
+
+
+def compare(a: Any, b: Any) -> tuple[float, float]:
+    """Max absolute error and max error relative to the largest |a|, over
+    every tensor of two output structures (infinite where they do not match)."""
+    la, lb = tree_leaves(a), tree_leaves(b)
+    if len(la) != len(lb):
+        return float("inf"), float("inf")
+    worst_abs, worst_rel = 0.0, 0.0
+    for x, y in zip(la, lb):
+        if not isinstance(x, torch.Tensor):
+            continue
+        if not isinstance(y, torch.Tensor) or x.shape != y.shape:
+            return float("inf"), float("inf")
+        x, y = x.detach().double(), y.detach().double()
+        if not torch.isfinite(x).all() or not torch.isfinite(y).all():
+            if not torch.equal(torch.nan_to_num(x), torch.nan_to_num(y)):
+                return float("inf"), float("inf")
+            x, y = torch.nan_to_num(x), torch.nan_to_num(y)
+        err = float((x - y).abs().max()) if x.numel() else 0.0
+        scale = float(x.abs().max()) if x.numel() else 0.0
+        worst_abs = max(worst_abs, err)
+        worst_rel = max(worst_rel, err / max(scale, 1e-12))
+    return worst_abs, worst_rel
+
+
+@dataclass(frozen=True)
+class Verification:
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: float
+    inputs_checked: int
+    first_divergence: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.max_rel_error <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "equal" if self.exact else "NOT equal"
+        where = f", first diverging node: {self.first_divergence}" if self.first_divergence else ""
+        return (
+            f"compact vs masked: {verdict} (max abs error {self.max_abs_error:.3g}, "
+            f"max rel error {self.max_rel_error:.3g}, tolerance {self.tolerance:g}){where}"
+        )
