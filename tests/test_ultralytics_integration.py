@@ -24,7 +24,7 @@ pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel  # noqa: E402
 
-from graphprune.errors import ConfigError  # noqa: E402
+from graphprune.errors import ConfigError, LoadError  # noqa: E402
 from graphprune.integrations import ultralytics as gpu  # noqa: E402
 from graphprune.integrations.synthetic import write_detection_dataset  # noqa: E402
 
@@ -300,6 +300,17 @@ def test_command_line_arguments_parse_as_ultralytics_does():
     for bad in (["p.pt", "epoch=3"], ["data=d.yaml"], ["a.pt", "b.pt"], ["p.pt", "epochs="]):
         with pytest.raises(ConfigError):
             gpu.parse_args(bad)
+
+
+def test_train_refuses_what_it_cannot_do_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="data="):
+        gpu.train(masked_yolov8n(), epochs=1)
+    with pytest.raises(ConfigError, match="last.pt"):
+        gpu.train(masked_yolov8n(), data="d.yaml", resume=True)
+    with pytest.raises(LoadError):
+        gpu.train(tmp_path / "missing.pt", data="d.yaml")
+    with pytest.raises(ConfigError, match="task"):
+        gpu.trainer_for("depth")
 
 
 def test_a_dataset_with_other_classes_is_refused():

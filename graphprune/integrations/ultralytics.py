@@ -31,7 +31,12 @@ from torch.nn.utils import parametrize
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.models import yolo
-from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+from ultralytics.nn.tasks import guess_model_task
+
+try:
+    from ultralytics.nn.tasks import load_checkpoint  # 8.4
+except ImportError:  # 8.3: the same function under its old name (untested here)
+    from ultralytics.nn.tasks import attempt_load_one_weight as load_checkpoint
 from ultralytics.utils import DEFAULT_CFG_DICT
 from ultralytics.utils import callbacks as ultralytics_callbacks
 from ultralytics.utils.torch_utils import unwrap_model
@@ -145,10 +150,9 @@ def prepare_masked(model: nn.Module) -> int:
         if cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
             cls.__reduce_ex__ = _reduce_parametrized
             cls.__setattr__ = _assign_through_masks
-        for plist in module.parametrizations.values():
-            for p in plist:
-                if _is_mask(p) and not hasattr(p, "right_inverse"):
-                    p.right_inverse = _keep_value
+        for p in (p for plist in module.parametrizations.values() for p in plist):
+            if _is_mask(p) and not hasattr(p, "right_inverse"):
+                p.right_inverse = _keep_value
         count += 1
     return count
 
@@ -163,10 +167,9 @@ def _baked(model: nn.Module) -> nn.Module:
         module.__class__ = type(module).__bases__[0]
         del module._modules["parametrizations"]
         for name, (original, value) in values.items():
-            if isinstance(original, nn.Parameter):
-                module._parameters[name] = nn.Parameter(value, requires_grad=original.requires_grad)
-            else:
-                module._buffers[name] = value
+            parameter = isinstance(original, nn.Parameter)
+            (module._parameters if parameter else module._buffers)[name] = (
+                nn.Parameter(value, original.requires_grad) if parameter else value)
     return model
 
 
@@ -304,6 +307,8 @@ def train(model_or_path: nn.Module | str | Path, callbacks: dict[str, list] | No
         model = copy.deepcopy(unwrap_model(model_or_path))
         path = getattr(model, "pt_path", None) or f"{type(model).__name__}(in memory)"  # what args.yaml records
     defaults = {k: v for k, v in _plain_args(model).items() if k in ("imgsz", "data", "single_cls")}
+    if not ({**defaults, **args}.get("data") or args.get("resume")):
+        raise ConfigError("no dataset: pass data=<data.yaml> (a pruned model keeps its classes, so its own data)")
     task = args.pop("task", None) or getattr(model, "task", None) or guess_model_task(model)
     events = ultralytics_callbacks.get_default_callbacks()
     for event, functions in (callbacks or {}).items():
@@ -331,15 +336,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     shapes, exact zeros): reconstruct it first to save the small one.
     ``half=True`` stores float16 as ultralytics does; the default keeps float32.
     """
-    path = Path(path)
-    source = unwrap_model(model)
+    path, source = Path(path), unwrap_model(model)
     model = _baked(source).eval()
     if hasattr(model, "criterion"):
         model.criterion = None
     model = model.half() if half else model.float()
     model.requires_grad_(False)
-    args = {k: v for k, v in {**DEFAULT_CFG_DICT, **_plain_args(source)}.items() if k in DEFAULT_CFG_DICT}
-    model.args = args
+    model.args = args = {k: v for k, v in {**DEFAULT_CFG_DICT, **_plain_args(source)}.items() if k in DEFAULT_CFG_DICT}
     model.task = getattr(source, "task", None) or guess_model_task(source)
     checkpoint = {
         "date": datetime.now().astimezone().isoformat(), "version": ULTRALYTICS_VERSION,
