@@ -65,12 +65,30 @@ class Producer:
 
 
 @dataclass
+class GraphCodes:
+    """What the analysis recorded for one traced graph, per node name."""
+
+    #: the code(s) of each node's output
+    codes: dict[str, object] = field(default_factory=dict)
+    #: which rule analysed each node, for reports
+    rule_names: dict[str, str] = field(default_factory=dict)
+    #: convs analysed as depthwise (output channel c is input channel c): their groups follow the kept count
+    depthwise: set[str] = field(default_factory=set)
+    #: nodes no rule understood: pinned, so the rewrite leaves them alone
+    unknown: set[str] = field(default_factory=set)
+
+
+@dataclass
 class ChannelGraph:
     """The result of channel analysis.
 
     ``class_of[raw_id]`` is the coupled channel (class) of a raw id; class 0 is
     the pinned class. ``pinned[c]`` says class ``c`` must be kept, and
     ``reasons[reason_of[c]]`` says why (``reason_of[c]`` is -1 if not pinned).
+    ``graphs`` holds the per-node records of each graph analysed: ``"eval"``
+    (the traced graph) and, where the model computes something else in
+    training mode, ``"train"``; one set of ids spans both, so a parameter
+    means the same channels in either mode.
     """
 
     num_ids: int
@@ -81,13 +99,33 @@ class ChannelGraph:
     reason_of: torch.Tensor
     slots: list[Slot]
     producers: list[Producer]
-    codes: dict[str, object]
-    #: which rule analysed each node, for reports
-    rule_names: dict[str, str] = field(default_factory=dict)
-    #: convs analysed as depthwise (output channel c is input channel c): their groups follow the kept count
-    depthwise: frozenset[str] = frozenset()
-    #: nodes no rule understood: pinned, so the rewrite leaves them alone
-    unknown: frozenset[str] = frozenset()
+    graphs: dict[str, GraphCodes]
+
+    @property
+    def codes(self) -> dict[str, object]:
+        """The eval graph's codes per node name."""
+        return self.graphs["eval"].codes
+
+    @property
+    def depthwise(self) -> set[str]:
+        return self.graphs["eval"].depthwise
+
+    @property
+    def unknown(self) -> set[str]:
+        return self.graphs["eval"].unknown
+
+    @property
+    def rule_names(self) -> dict[str, str]:
+        return self.graphs["eval"].rule_names
+
+    def pin(self, raw: torch.Tensor, reason: str) -> None:
+        """Pin the classes of raw ids ``raw`` after the analysis (a later pass's finding)."""
+        classes = torch.unique(self.class_of[raw.reshape(-1)])
+        classes = classes[~self.pinned[classes]]
+        if classes.numel():
+            self.reason_of[classes] = len(self.reasons)
+            self.reasons.append(reason)
+            self.pinned[classes] = True
 
     def pin_reasons(self, classes: torch.Tensor) -> list[str]:
         """The distinct reasons the given classes are pinned, first cause first."""
@@ -108,20 +146,24 @@ class AnalysisContext:
     """Mutable state shared by the op rules during one analysis walk."""
 
     def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        # get_submodule walks the path through nn.Module.__getattr__ on every
-        # call; rules ask for a node's module many times.
-        self.modules: dict[str, torch.nn.Module] = dict(gm.named_modules(remove_duplicate=False))
         self.next_id = 1  # 0 is PINNED
         self._edges_a: list[torch.Tensor] = []
         self._edges_b: list[torch.Tensor] = []
         self._pins: list[tuple[torch.Tensor, str]] = []
         self.slots: dict[tuple[str, int], Slot] = {}
         self.producers: dict[str, Producer] = {}
-        self.codes: dict[str, object] = {}
-        self.rule_names: dict[str, str] = {}
-        self.depthwise: set[str] = set()
-        self.unknown: set[str] = set()
+        self.graphs: dict[str, GraphCodes] = {}
+        self.walk("eval", gm)
+
+    def walk(self, name: str, gm: fx.GraphModule) -> None:
+        """From now on, rules analyse graph ``name`` (ids, slots and unions carry over)."""
+        self.gm = gm
+        # get_submodule walks the path through nn.Module.__getattr__ on every
+        # call; rules ask for a node's module many times.
+        self.modules: dict[str, torch.nn.Module] = dict(gm.named_modules(remove_duplicate=False))
+        record = self.graphs.setdefault(name, GraphCodes())
+        self.codes, self.rule_names = record.codes, record.rule_names
+        self.depthwise, self.unknown = record.depthwise, record.unknown
 
     def module(self, target: str) -> torch.nn.Module:
         """The submodule at ``target`` (as ``gm.get_submodule``, from a table)."""
@@ -235,10 +277,7 @@ class AnalysisContext:
             reason_of=reason_of,
             slots=list(self.slots.values()),
             producers=producers,
-            codes=self.codes,
-            rule_names=self.rule_names,
-            depthwise=frozenset(self.depthwise),
-            unknown=frozenset(self.unknown),
+            graphs=self.graphs,
         )
 
 

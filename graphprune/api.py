@@ -41,6 +41,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     #: with target_flops / target_latency: the target and what was achieved (see graphprune.budget)
     budget: BudgetResult | None = None
+    #: modules of the compact model whose forward graphprune rebuilt: path -> why
+    replaced: dict[str, str] = field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
@@ -61,20 +63,29 @@ class Report:
         ]
         if self.budget is not None:
             lines.append(f"budget:   {self.budget}")
+        lines += [f"rebuilt:  {path}: {why}" for path, why in self.replaced.items()]
         lines += [f"note:     {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 @dataclass
 class PruneResult:
-    """``compact``: the smaller model; ``masked``: the original with dropped
-    channels zeroed; ``plan``: what was kept and why; ``report``: numbers."""
+    """``compact``: the smaller model, a copy of the user's own model (same
+    class, module names, attributes and forward) with the plan applied;
+    ``masked``: the user's model with dropped channels held at zero, to
+    fine-tune; ``compact_graph``: the compact model as a traced
+    ``fx.GraphModule`` (what ONNX export writes); ``plan``: what was kept and
+    why; ``report``: numbers."""
 
-    compact: fx.GraphModule
-    masked: fx.GraphModule
+    compact: nn.Module
+    masked: nn.Module
     plan: PruningPlan
     report: Report
     state: CompileState
+
+    @property
+    def compact_graph(self) -> fx.GraphModule:
+        return self.state.compact_graph
 
 
 def _ignore_names(model: nn.Module, ignore: Iterable[Any]) -> tuple[str, ...]:
@@ -150,7 +161,7 @@ def prune(
         result = graphprune.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5)
         print(result.report)          # params, FLOPs, max error, time per pass
         print(result.plan)            # groups, kept channels, what is pinned and why
-        small = result.compact        # an fx.GraphModule, in eval mode
+        small = result.compact        # your model's class, smaller, in eval mode
 
     ``frontend`` is ``"auto"`` (torch.fx, then torch.export where fx fails),
     ``"fx"`` or ``"export"``. The input model is not modified. See :class:`~graphprune.config.PruneConfig`
@@ -189,4 +200,5 @@ def build_report(state: CompileState) -> Report:
         prunable_fraction=state.channels.prunable_fraction if state.channels is not None else None,
         notes=notes,
         budget=state.budget,
+        replaced=dict(state.replaced),
     )

@@ -2,51 +2,46 @@
 
 Every slot that *writes* a dropped channel (filter, bias, BatchNorm gamma and
 beta, a parameter added in forward) is zeroed, so the channel outputs exactly
-zero, as in the paper. The zeros are enforced by a
-``torch.nn.utils.parametrize`` parametrization on each masked tensor: the
-module computes with ``original * keep``, so any optimizer (momentum, weight
-decay, Adam), any training loop and DistributedDataParallel see a tensor whose
-dropped indices are 0 whatever they do to ``original`` (its gradient there is
-0 too). :func:`bake` turns the parametrizations back into plain tensors.
+zero, as in the paper. The masked model must stay the user's model (same
+classes, module tree and ``state_dict`` keys, picklable, fusable by the
+user's framework), so the zeros are held by hooks, not by replacing tensors:
 
-The mask pass builds the masked model with :func:`apply_masks`; the rewrite
-pass slices the same :func:`keep_masks` into the compact model.
+- a gradient hook on each masked parameter multiplies its gradient by the
+  mask, so an optimizer never moves a dropped entry: SGD with momentum and
+  weight decay, Adam and AdamW all leave an entry whose value, gradient and
+  state are zero at zero, and DistributedDataParallel reduces the masked
+  gradient;
+- a forward pre-hook (:class:`ChannelMaskHook`) on each module that holds
+  masked tensors checks before every forward that the dropped entries are
+  zero and zeroes them if something else wrote them (``load_state_dict``, an
+  unusual optimizer); it also puts the gradient hooks back on a tensor that
+  lost them (a deep copy, an unpickled model), so they follow the model.
+
+:func:`keep_masks` computes the masks from a plan; :func:`apply_masks`
+installs them; :func:`channel_masks` reads them back; :func:`bake` returns a
+copy without hooks, each masked tensor multiplied by its mask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from .analysis import ChannelGraph
-from .tensors import get_tensor, split_target
+from .tensors import split_target
 
 if TYPE_CHECKING:
     from .config import PruneConfig
     from .plan import PruningPlan
 
-#: what ``masked.meta[COMPILE_KEY]`` holds: what :func:`graphprune.reconstruct` needs.
-COMPILE_KEY = "graphprune.compile"
+#: the attribute of a masked model's root that holds its :class:`CompileRecord`
+RECORD_ATTR = "_graphprune_compile"
 
 #: slot kinds zeroed without BN masking: only what multiplies the input.
 FILTER_KINDS = frozenset({"filter"})
-
-
-class ChannelMask(nn.Module):
-    """Parametrization: the tensor times a 0/1 ``keep`` mask that broadcasts
-    along the channel dimensions (a few bytes per channel, not a full copy)."""
-
-    def __init__(self, keep: torch.Tensor):
-        super().__init__()
-        self.register_buffer("keep", keep)
-
-    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * self.keep
 
 
 @dataclass
@@ -59,19 +54,84 @@ class CompileRecord:
     frontend: str | None
 
 
-def keep_masks(gm: fx.GraphModule, channels: ChannelGraph, raw_dropped: torch.Tensor,
+class KeepGrad:
+    """Gradient hook: the gradient times the 0/1 mask (a picklable object, not a closure)."""
+
+    def __init__(self, keep: torch.Tensor):
+        self.keep = keep
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.keep.to(grad.device, grad.dtype)
+
+
+class ChannelMaskHook:
+    """Forward pre-hook of a module holding masked tensors: ``keep[name]`` is
+    the 0/1 mask of its tensor ``name``, broadcastable to it.
+
+    A tensor is looked at again only when it changed since (its version
+    counter, storage or identity), and then only its dropped rows."""
+
+    def __init__(self, keep: dict[str, torch.Tensor]):
+        self.keep = keep
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"keep": self.keep}  # what was seen belongs to this process's tensors
+
+    def __setstate__(self, state: dict) -> None:
+        self.keep, self._seen = state["keep"], {}
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        for name, keep in self.keep.items():
+            tensor = getattr(module, name, None)
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if tensor.requires_grad and not _has_keep_grad(tensor):
+                tensor.register_hook(KeepGrad(keep))
+            seen = (id(tensor), tensor._version, tensor.data_ptr())
+            if self._seen.get(name) == seen:
+                continue
+            with torch.no_grad():
+                if any(bool(tensor.index_select(dim, rows.to(tensor.device)).ne(0).any())
+                       for dim, rows in dropped_rows(keep)):
+                    tensor.mul_(keep.to(tensor.device, tensor.dtype))
+            self._seen[name] = (id(tensor), tensor._version, tensor.data_ptr())
+
+
+def dropped_rows(keep: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(dim, indices) of the rows a mask zeroes, for each dim it varies along."""
+    out = []
+    for dim in range(keep.ndim):
+        if keep.shape[dim] > 1:
+            line = keep.amax(dim=[d for d in range(keep.ndim) if d != dim]) if keep.ndim > 1 else keep
+            rows = (line == 0).nonzero().flatten()
+            if rows.numel():
+                out.append((dim, rows))
+    return out
+
+
+def _has_keep_grad(tensor: torch.Tensor) -> bool:
+    hooks = getattr(tensor, "_backward_hooks", None) or {}
+    return any(isinstance(h, KeepGrad) for h in hooks.values())
+
+
+def keep_masks(model: nn.Module, channels: ChannelGraph, raw_dropped: torch.Tensor,
                kinds: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
     """Per tensor name, a 0/1 mask broadcastable to the tensor: 0 where some
-    slot writing a dropped channel indexes it (only slots of ``kinds``, if given)."""
+    slot writing a dropped channel indexes it (only slots of ``kinds``, if
+    given; tensors ``model`` does not have are left out)."""
     masks: dict[str, torch.Tensor] = {}
-    modules = dict(gm.named_modules(remove_duplicate=False))
+    modules = dict(model.named_modules(remove_duplicate=False))
     for slot in channels.slots:
         if not slot.writes or (kinds is not None and slot.kind not in kinds):
             continue
         dropped = raw_dropped[slot.ids]
         if not bool(dropped.any()):
             continue
-        tensor = get_tensor(gm, slot.target, modules)
+        owner, attr = split_target(slot.target)
+        tensor = getattr(modules.get(owner), attr, None)
+        if not isinstance(tensor, torch.Tensor):
+            continue
         shape = [1] * tensor.ndim
         shape[slot.dim] = tensor.shape[slot.dim]
         line = (~dropped).to(tensor.dtype).reshape(shape)
@@ -79,45 +139,57 @@ def keep_masks(gm: fx.GraphModule, channels: ChannelGraph, raw_dropped: torch.Te
     return masks
 
 
-def apply_masks(gm: fx.GraphModule, channels: ChannelGraph, raw_dropped: torch.Tensor,
-                kinds: frozenset[str] | None = None) -> None:
-    """Zero the dropped channels of ``gm`` in place and keep them zero through
-    training (parametrizations on parameters and buffers)."""
-    for target, keep in keep_masks(gm, channels, raw_dropped, kinds).items():
-        owner_name, attr = split_target(target)
-        owner = gm.get_submodule(owner_name)
-        with torch.no_grad():
-            get_tensor(gm, target).mul_(keep)
-        if attr in owner._parameters or attr in owner._buffers:
-            parametrize.register_parametrization(owner, attr, ChannelMask(keep))
-        # a plain tensor attribute is a constant: zeroing it once is enough
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked entries of ``model`` in place and keep them zero
+    through training (see the module docstring)."""
+    by_owner: dict[str, dict[str, torch.Tensor]] = {}
+    for target, keep in masks.items():
+        owner, attr = split_target(target)
+        by_owner.setdefault(owner, {})[attr] = keep
+    for owner, keep in by_owner.items():
+        module = model.get_submodule(owner)
+        hook = ChannelMaskHook(keep)
+        hook(module, ())  # zero now, and hook the gradients
+        module.register_forward_pre_hook(hook)
 
 
-def bake(gm: nn.Module) -> None:
-    """Replace every channel-mask parametrization of ``gm`` by its value.
+def channel_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks :func:`apply_masks` installed, per tensor name (the product where one tensor has several)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, ChannelMaskHook):
+                for attr, keep in hook.keep.items():
+                    target = f"{name}.{attr}" if name else attr
+                    out[target] = out[target] * keep if target in out else keep
+    return out
 
-    Not ``parametrize.remove_parametrizations``: a deep copy of a parametrized
-    module shares its generated class, and removing the parametrization from
-    the copy deletes the property from that shared class, breaking the
-    original. Tied tensors stay tied.
-    """
-    memo: dict[int, torch.Tensor] = {}
-    for module in list(gm.modules()):
-        lists = getattr(module, "parametrizations", None)
-        if lists is None or not all(isinstance(p, ChannelMask) for pl in lists.values() for p in pl):
-            continue
-        with torch.no_grad():
-            values = {name: (pl.original, pl()) for name, pl in lists.items()}
-        module.__class__ = module.__class__.__bases__[0]
-        del module._modules["parametrizations"]
-        for name, (original, value) in values.items():
-            tensor = memo.get(id(original))
-            if tensor is None or not torch.equal(tensor, value):
-                tensor = value.detach().clone()
-                if isinstance(original, nn.Parameter):
-                    tensor = nn.Parameter(tensor, requires_grad=original.requires_grad)
-                memo[id(original)] = tensor
-            if isinstance(tensor, nn.Parameter):
-                module._parameters[name] = tensor
-            else:
-                module._buffers[name] = tensor
+
+def remove_masks(model: nn.Module) -> None:
+    """Take the mask hooks off ``model`` (in place), its tensors as they are."""
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, ChannelMaskHook):
+                del module._forward_pre_hooks[key]
+        for tensor in list(module._parameters.values()) + list(module._buffers.values()):
+            hooks = getattr(tensor, "_backward_hooks", None)
+            if hooks:
+                for key in [k for k, h in hooks.items() if isinstance(h, KeepGrad)]:
+                    del hooks[key]
+
+
+def bake(model: nn.Module) -> None:
+    """In place: every masked tensor of ``model`` times its mask, and the
+    mask hooks removed (what reconstruction and saving start from)."""
+    with torch.no_grad():
+        for target, keep in channel_masks(model).items():
+            owner, attr = split_target(target)
+            tensor = getattr(model.get_submodule(owner), attr)
+            tensor.mul_(keep.to(tensor.device, tensor.dtype))
+    remove_masks(model)
+
+
+def compile_record(model: nn.Module) -> CompileRecord | None:
+    """The :class:`CompileRecord` a masked model carries, if it is one."""
+    record = model.__dict__.get(RECORD_ATTR)
+    return record if isinstance(record, CompileRecord) else None

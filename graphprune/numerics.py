@@ -46,9 +46,10 @@ def input_batches(example: tuple, seed: int, random_batches: int) -> list[tuple]
     return [tuple(example)] + [random_like(example, generator) for _ in range(random_batches)]
 
 
-def compare(a: Any, b: Any) -> tuple[float, float]:
-    """Max absolute error and max error relative to the largest |a|, over
-    every tensor of two output structures (infinite where they do not match)."""
+def compare(a: Any, b: Any, floor: float = 1e-12) -> tuple[float, float]:
+    """Max absolute error and max error relative to the largest |a| (at least
+    ``floor``), over every tensor of two output structures (infinite where
+    they do not match)."""
     la, lb = tree_leaves(a), tree_leaves(b)
     if len(la) != len(lb):
         return float("inf"), float("inf")
@@ -66,17 +67,26 @@ def compare(a: Any, b: Any) -> tuple[float, float]:
         err = float((x - y).abs().max()) if x.numel() else 0.0
         scale = float(x.abs().max()) if x.numel() else 0.0
         worst_abs = max(worst_abs, err)
-        worst_rel = max(worst_rel, err / max(scale, 1e-12))
+        worst_rel = max(worst_rel, err / max(scale, floor))
     return worst_abs, worst_rel
 
 
 @dataclass(frozen=True)
 class Verification:
+    """What comparing the compact model with the masked one found.
+
+    ``max_abs_error`` / ``max_rel_error``: the largest over every check (eval
+    mode on ``inputs_checked`` batches, and training mode); ``train_max_rel_error``:
+    the training-mode check alone (None where it was not run; ``train_note``
+    says why, or what differed most)."""
+
     max_abs_error: float
     max_rel_error: float
     tolerance: float
     inputs_checked: int
     first_divergence: str | None = None
+    train_max_rel_error: float | None = None
+    train_note: str | None = None
 
     @property
     def exact(self) -> bool:
@@ -84,8 +94,9 @@ class Verification:
 
     def __str__(self) -> str:
         verdict = "equal" if self.exact else "NOT equal"
+        modes = "eval and training mode" if self.train_max_rel_error is not None else "eval mode"
         where = f", first diverging node: {self.first_divergence}" if self.first_divergence else ""
         return (
-            f"compact vs masked: {verdict} (max abs error {self.max_abs_error:.3g}, "
+            f"compact vs masked: {verdict} in {modes} (max abs error {self.max_abs_error:.3g}, "
             f"max rel error {self.max_rel_error:.3g}, tolerance {self.tolerance:g}){where}"
         )

@@ -44,6 +44,12 @@ class Pass(Protocol):
 class CompileState:
     """Everything the passes read and write during one compile.
 
+    ``graph`` is the traced model in eval mode, ``train_graph`` in training
+    mode where that computes something else (else None). ``compact_graph``
+    is the rewritten graph; ``compact`` and ``masked`` are copies of the
+    user's own model (see the apply and mask passes), ``replaced`` the
+    modules of ``compact`` whose forward had to be rebuilt, and why.
+
     ``pipeline`` is the pipeline running this state (set by :meth:`Pipeline.run`
     if not given): a pass may ask it for another pass, as the select pass asks
     for the rewrite pass to build the candidates of a budget search."""
@@ -52,15 +58,18 @@ class CompileState:
     example_inputs: tuple[torch.Tensor, ...]
     config: PruneConfig
     graph: fx.GraphModule | None = None
+    train_graph: fx.GraphModule | None = None
     frontend: str | None = None
     channels: ChannelGraph | None = None
     groups: list[Group] | None = None
     scores: dict[str, torch.Tensor] | None = None
     plan: PruningPlan | None = None
     budget: BudgetResult | None = None
-    masked: fx.GraphModule | None = None
+    compact_graph: fx.GraphModule | None = None
+    compact: nn.Module | None = None
+    replaced: dict[str, str] = field(default_factory=dict)
+    masked: nn.Module | None = None
     folds: list[BiasFold] | None = None
-    compact: fx.GraphModule | None = None
     verification: Verification | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

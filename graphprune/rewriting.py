@@ -8,6 +8,7 @@ the compact model, node by node).
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -16,16 +17,51 @@ import torch.fx as fx
 from . import ids
 from .analysis import ChannelGraph
 from .plan import PruningPlan
-from .rules.base import TensorMeta, value
+from .rules.base import TensorMeta, size_read, value
+
+#: int arithmetic a size computed in forward may use (``c // g``, ``h * w``)
+ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.truediv,
+              operator.neg, operator.getitem}
 
 
 class RewriteContext:
     """What a rule's ``rewrite`` may ask about the compact graph."""
 
-    def __init__(self, gm: fx.GraphModule, plan: PruningPlan):
+    def __init__(self, gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval"):
         self.gm = gm
         self.plan = plan
         self.analysis: ChannelGraph = plan.channels
+        record = plan.channels.graphs[graph]
+        #: the analysis' records of the graph being rewritten
+        self.codes, self.depthwise = record.codes, record.depthwise
+        self._values: dict[str, Any] = {}
+
+    def compact_value(self, node: Any) -> Any:
+        """What a size computed in forward (``c // g`` of ``b, c, h, w =
+        x.size()``) evaluates to in the compact model, or None where it is
+        not plain arithmetic on sizes."""
+        if not isinstance(node, fx.Node):
+            return node
+        if node.name not in self._values:
+            self._values[node.name] = self._evaluate(node)
+        return self._values[node.name]
+
+    def _evaluate(self, node: fx.Node) -> Any:
+        read = size_read(node)
+        if read is not None:
+            shape = self.compact_shape(read[0])
+            if shape is None:
+                return None
+            return torch.Size(shape) if read[1] is None else shape[read[1]]
+        if node.op != "call_function" or node.target not in ARITHMETIC or node.kwargs:
+            return None
+        args = [self.compact_value(a) for a in node.args]
+        if any(a is None for a in args):
+            return None
+        try:
+            return node.target(*args)
+        except Exception:
+            return None
 
     def kept(self, code: torch.Tensor) -> torch.Tensor:
         return self.plan.class_kept[self.analysis.class_of[ids.raw_ids(code)]]
@@ -42,7 +78,7 @@ class RewriteContext:
         return int(self._along(code, dim).sum())
 
     def compact_shape(self, node: fx.Node) -> list[int] | None:
-        code, meta = self.analysis.codes.get(node.name), value(node)
+        code, meta = self.codes.get(node.name), value(node)
         if not isinstance(code, torch.Tensor) or not isinstance(meta, TensorMeta):
             return None
         return [self.compact_size(code, meta.shape, d) for d in range(meta.ndim)]
@@ -50,7 +86,7 @@ class RewriteContext:
     def kept_prefix(self, node: fx.Node, dim: int) -> torch.Tensor | None:
         """Kept positions before each index along ``dim`` of ``node``'s output
         (length size + 1), or None where nothing along ``dim`` is dropped."""
-        code = self.analysis.codes.get(node.name)
+        code = self.codes.get(node.name)
         if not isinstance(code, torch.Tensor) or code.shape[dim % code.ndim] == 1:
             return None
         along = self._along(code, dim % code.ndim)

@@ -37,7 +37,7 @@ import torch.nn as nn
 from .analysis import ChannelGraph
 from .config import PruneConfig
 from .errors import LoadError, first_line
-from .passes.fold import apply_folds
+from .passes.fold import apply_folds, apply_folds_to_model
 from .pipeline import CompileState, Pipeline
 from .plan import BiasFold, PruningPlan
 from .tensors import get_tensor
@@ -216,7 +216,7 @@ class SavedFolds:
     zeros; the saved weights fill it), instead of computing folds again."""
 
     name = "fold"
-    requires = ("compact", "plan")
+    requires = ("compact", "compact_graph", "plan")
     provides = ("folds",)
 
     def __init__(self, folds: list[BiasFold]):
@@ -225,11 +225,12 @@ class SavedFolds:
     def __call__(self, state: CompileState) -> None:
         state.folds = self.folds
         if self.folds:
-            apply_folds(state.compact, state.plan, self.folds)
-            state.compact.recompile()
+            apply_folds(state.compact_graph, state.plan, self.folds)
+            state.compact_graph.recompile()
+            apply_folds_to_model(state.compact, state.plan, self.folds)
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Rebuild a saved compact model from an instance of its original architecture.
 
     ``model`` only provides the architecture (its weights are replaced by the
@@ -260,7 +261,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> torch.fx.GraphModule:
         ]
     except (TypeError, ValueError, AttributeError) as exc:
         raise LoadError(f"{path / PLAN_FILE} has a malformed folded_biases field ({exc})") from None
-    Pipeline([pipeline.get("rewrite"), SavedFolds(folds)]).run(state)
+    Pipeline([pipeline.get("rewrite"), pipeline.get("apply"), SavedFolds(folds)]).run(state)
     compact = state.compact
 
     expected = compact.state_dict()

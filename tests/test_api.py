@@ -136,7 +136,7 @@ class BreakCompact:
 
 
 def test_a_mismatch_names_the_first_diverging_node():
-    pipeline = graphprune.Pipeline.default().insert_after("rewrite", BreakCompact())
+    pipeline = graphprune.Pipeline.default().insert_after("apply", BreakCompact())
     with pytest.raises(graphprune.VerificationError, match="first diverging node: layer2_0_conv2"):
         graphprune.prune(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32), pipeline=pipeline)
 

@@ -59,15 +59,19 @@ class SPPFLike(nn.Module):
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_c2f_block_keeps_the_union_of_the_half_and_its_bottleneck(frontend):
+    # a block of a model, as in YOLO: its chunk into unequal halves is rebuilt, the model stays the user's
     x = torch.randn(1, 3, 8, 8)
-    result = graphprune.prune(C2fLike(), x, ratio=0.5, frontend=frontend)
+    model = nn.Sequential(C2fLike())
+    result = graphprune.prune(model, x, ratio=0.5, frontend=frontend)
     assert result.report.frontend == frontend
     # second half: cv1 keeps positions 0, 3 (channels 4, 7); m2 keeps 1, 3 -> union 0, 1, 3
-    assert result.plan.kept_indices("cv1.conv.weight", 0).tolist() == [0, 2, 4, 5, 7]
-    assert result.plan.kept_indices("m2.conv.weight", 0).tolist() == [0, 1, 3]
-    assert result.plan.kept_indices("m1.conv.weight", 0).tolist() == [0, 2]
-    assert result.plan.kept_indices("cv2.conv.weight", 1).tolist() == [0, 2, 4, 5, 7, 8, 9, 11]
+    assert result.plan.kept_indices("0.cv1.conv.weight", 0).tolist() == [0, 2, 4, 5, 7]
+    assert result.plan.kept_indices("0.m2.conv.weight", 0).tolist() == [0, 1, 3]
+    assert result.plan.kept_indices("0.m1.conv.weight", 0).tolist() == [0, 2]
+    assert result.plan.kept_indices("0.cv2.conv.weight", 1).tolist() == [0, 2, 4, 5, 7, 8, 9, 11]
     assert result.report.exact
+    assert type(result.compact) is nn.Sequential and type(result.compact[0]).__name__ == "C2fLike"
+    assert list(result.report.replaced) == ["0"] and "split" in result.report.replaced["0"]
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])

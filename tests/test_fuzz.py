@@ -102,8 +102,8 @@ def test_a_hand_written_program_prunes_exactly():
 class CorruptCompact:
     """Scales one weight of the compact model: the kind of bug the fuzz must catch."""
 
-    name = "rewrite"
-    requires = ("graph", "plan")
+    name = "apply"
+    requires = ("plan", "compact_graph")
     provides = ("compact",)
 
     def __init__(self, real):
@@ -121,8 +121,8 @@ def test_the_check_catches_a_wrong_compact_model(monkeypatch, verify):
 
     def corrupted(cls):
         pipeline = real()
-        rewrite = next(p for p in pipeline.passes if p.name == "rewrite")
-        return pipeline.replace("rewrite", CorruptCompact(rewrite))
+        apply = next(p for p in pipeline.passes if p.name == "apply")
+        return pipeline.replace("apply", CorruptCompact(apply))
 
     monkeypatch.setattr(graphprune.Pipeline, "default", classmethod(corrupted))
     outcome = run_case(Case(CONV_RELU_CONV, Settings(ratio=0.5, verify=verify)))

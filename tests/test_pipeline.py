@@ -67,5 +67,6 @@ def test_a_pass_whose_inputs_are_missing_is_reported_by_name():
 
 def test_default_pipeline_names_every_stage_of_the_design():
     assert Pipeline.default().names == [
-        "trace", "shapes", "channels", "groups", "score", "select", "rewrite", "mask", "fold", "verify", "measure",
+        "trace", "shapes", "channels", "structure", "groups", "score", "select", "rewrite", "apply", "mask", "fold",
+        "verify", "measure",
     ]

@@ -1,12 +1,11 @@
 """Fine-tuning, saving and deploying pruned ultralytics models with ultralytics' own tools.
 
 Everything runs offline on CPU, on a synthetic 64-px detection dataset. The
-pruned models are stand-ins for what graphprune hands back (the user's
-``DetectionModel``, masked by ``ChannelMask`` parametrizations, or sliced with
-one block replaced by a ``GraphModule`` subclass named like the block), so the
-integration does not depend on how the core builds them. One masked model is
-trained (interrupted after its first epoch, then resumed) and shared by the
-tests of the training path.
+pruned models are what graphprune hands back for a yolov8n: ``result.masked``
+(the user's ``DetectionModel``, dropped channels held at zero by mask hooks)
+and ``result.compact`` (the same class, sliced; its C2f blocks whose halves
+keep unequal counts rebuilt). One masked model is trained (interrupted after
+its first epoch, then resumed) and shared by the tests of the training path.
 """
 
 import copy
@@ -16,32 +15,18 @@ import types
 import numpy as np
 import pytest
 import torch
-import torch.fx as fx
-from torch.nn.utils import parametrize
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, SegmentationModel  # noqa: E402
 
+import graphprune  # noqa: E402
 from graphprune.errors import ConfigError, LoadError  # noqa: E402
 from graphprune.integrations import ultralytics as gpu  # noqa: E402
 from graphprune.integrations.synthetic import write_detection_dataset  # noqa: E402
 
-try:
-    from graphprune.passes.mask import ChannelMask
-except ImportError:  # the core moved it: the same contract, a 0/1 `keep` buffer times the tensor
-    class ChannelMask(torch.nn.Module):
-        def __init__(self, keep):
-            super().__init__()
-            self.register_buffer("keep", keep)
-
-        def forward(self, tensor):
-            return tensor * self.keep
-
 TRAIN = dict(imgsz=64, batch=8, device="cpu", workers=0, plots=False, amp=False, verbose=False, exist_ok=True)
-#: (block, dropped output channels of its conv): model.1 is a plain Conv, model.2.cv1 the first half of a C2f split
-DROPPED = {"model.1": [0, 3, 5, 7], "model.2.cv1": [1, 2, 4, 6]}
 
 
 def yolov8n() -> DetectionModel:
@@ -49,97 +34,10 @@ def yolov8n() -> DetectionModel:
     return DetectionModel("yolov8n.yaml", nc=3, verbose=False)
 
 
-def mask_channels(module: torch.nn.Module, name: str, dropped: list[int]) -> None:
-    tensor = getattr(module, name)
-    shape = [1] * tensor.ndim
-    shape[0] = tensor.shape[0]
-    keep = torch.ones(tensor.shape[0])
-    keep[dropped] = 0
-    keep = keep.reshape(shape)
-    with torch.no_grad():
-        tensor.mul_(keep)
-    parametrize.register_parametrization(module, name, ChannelMask(keep))
-
-
-def masked_yolov8n() -> DetectionModel:
-    """What result.masked will be: the user's model, dropped filters and their BN gamma/beta masked."""
-    model = yolov8n()
-    for block, dropped in DROPPED.items():
-        conv = model.get_submodule(block)
-        mask_channels(conv.conv, "weight", dropped)
-        mask_channels(conv.bn, "weight", dropped)
-        mask_channels(conv.bn, "bias", dropped)
-    return model
-
-
-class SplitC2f(torch.nn.Module):
-    """A C2f whose halves keep unequal counts: the split sizes are the constant pruning changed."""
-
-    def __init__(self, block, sizes):
-        super().__init__()
-        self.cv1, self.cv2, self.m, self.sizes = block.cv1, block.cv2, block.m, sizes
-
-    def forward(self, x):
-        a, b = self.cv1(x).split(self.sizes, 1)
-        y = [a, b]
-        for m in self.m:
-            y.append(m(y[-1]))
-        return self.cv2(torch.cat(y, 1))
-
-
-BLOCK_ATTRIBUTES = ("f", "i", "type", "np")
-
-
-class ReplacedBlock(fx.GraphModule):
-    """Stand-in for the core's replaced block. A plain GraphModule loses the
-    block's ``f``/``i``/``type``/``np`` and its class name in ``deepcopy`` (which
-    ultralytics' ModelEMA and predictor do) and after pickling; this keeps them."""
-
-    def _deepcopy_init(self):
-        name = type(self).__name__
-        return lambda gm, root, graph: fx.GraphModule.__init__(gm, root, graph, class_name=name)
-
-    def __deepcopy__(self, memo):
-        replica = super().__deepcopy__(memo)
-        for k in BLOCK_ATTRIBUTES:
-            setattr(replica, k, getattr(self, k))
-        return replica
-
-    def __reduce__(self):
-        _, (body, import_block) = super().__reduce__()
-        return rebuild_block, (type(self).__name__, body, import_block)
-
-
-def rebuild_block(name, body, import_block):
-    gm = fx.graph_module.reduce_graph_module(body, import_block)
-    block = ReplacedBlock(gm, gm.graph, class_name=name)
-    for k in BLOCK_ATTRIBUTES:
-        setattr(block, k, body[k])
-    return block
-
-
-def sliced(tensor, dim, index):
-    return torch.nn.Parameter(tensor.detach().index_select(dim, index).clone(), tensor.requires_grad)
-
-
-def compact_yolov8n() -> DetectionModel:
-    """What result.compact will be: model.2.cv1 (a C2f's split conv) keeps 28 of 32 channels, 12 + 16."""
-    model = yolov8n()
-    block, dropped = model.model[2], DROPPED["model.2.cv1"]
-    keep = torch.tensor([k for k in range(2 * block.c) if k not in dropped])
-    conv, bn = block.cv1.conv, block.cv1.bn
-    conv.weight, conv.out_channels = sliced(conv.weight, 0, keep), len(keep)
-    bn.weight, bn.bias, bn.num_features = sliced(bn.weight, 0, keep), sliced(bn.bias, 0, keep), len(keep)
-    bn.running_mean, bn.running_var = bn.running_mean[keep].clone(), bn.running_var[keep].clone()
-    inputs = torch.cat([keep, torch.arange(2 * block.c, block.cv2.conv.in_channels)])
-    block.cv2.conv.weight = sliced(block.cv2.conv.weight, 1, inputs)
-    block.cv2.conv.in_channels = len(inputs)
-    root = SplitC2f(block, [block.c - len(dropped), block.c])
-    replaced = ReplacedBlock(root, fx.Tracer().trace(root), class_name=type(block).__name__)
-    for k in BLOCK_ATTRIBUTES:
-        setattr(replaced, k, getattr(block, k))
-    model.model[2] = replaced
-    return model.eval()
+@pytest.fixture(scope="module")
+def pruned():
+    """yolov8n pruned at 0.5: result.masked and result.compact."""
+    return graphprune.prune(yolov8n().eval(), torch.randn(1, 3, 64, 64), ratio=0.5)
 
 
 def parameters(model) -> int:
@@ -161,10 +59,10 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def trained(data, pruned, tmp_path_factory):
     """A masked yolov8n trained for 2 epochs: interrupted after the first, resumed from last.pt."""
     project = tmp_path_factory.mktemp("runs")
-    given = masked_yolov8n()
+    given = pruned.masked
     before = copy.deepcopy(given.state_dict())
     with pytest.raises(Interrupted):
         gpu.train(given, data=str(data), epochs=2, project=str(project), name="masked", val=False,
@@ -191,13 +89,25 @@ def test_trained_masked_model_is_the_users_class_with_every_mask_holding(trained
     model = trained.model
     assert type(model) is DetectionModel
     masks = gpu.channel_masks(model)
-    assert set(masks) == set(gpu.channel_masks(trained.given)) and len(masks) == 6
+    assert set(masks) == set(gpu.channel_masks(trained.given)) and len(masks) > 100
     assert all(torch.equal(masks[k], v.to(masks[k].dtype)) for k, v in gpu.channel_masks(trained.given).items())
     assert gpu.mask_violations(model) == [] and gpu.mask_violations(model, gpu.channel_masks(trained.given)) == []
     assert all(p.requires_grad for p in model.parameters())
+    assert list(model.state_dict()) == list(trained.before)  # the user's names, no mask tensors among them
     changed = model.state_dict()["model.3.conv.weight"]
     assert not torch.equal(changed, trained.before["model.3.conv.weight"])  # it was trained
     assert torch.equal(trained.given.state_dict()["model.3.conv.weight"], trained.before["model.3.conv.weight"])
+
+
+def test_trained_masked_model_reconstructs_to_a_compact_model_equal_to_it(trained, pruned, tmp_path):
+    rebuilt = graphprune.reconstruct(trained.model)
+    assert rebuilt.report.exact and rebuilt.report.max_rel_error <= 1e-4
+    assert type(rebuilt.compact) is DetectionModel
+    assert rebuilt.report.params_after == pruned.report.params_after
+    yolo = YOLO(str(gpu.save_checkpoint(rebuilt.compact, tmp_path / "pruned.pt")))
+    assert parameters(yolo.model) == pruned.report.params_after
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert len(yolo.predict(image, imgsz=64, verbose=False)) == 1
 
 
 def test_checkpoints_hold_the_masks_and_the_interrupted_one_resumes(trained):
@@ -207,60 +117,57 @@ def test_checkpoints_hold_the_masks_and_the_interrupted_one_resumes(trained):
     for name in ("last.pt", "best.pt"):
         checkpoint = torch.load(trained.weights / name, weights_only=False)
         assert type(checkpoint["model"]) is DetectionModel
-        assert len(gpu.channel_masks(checkpoint["model"])) == 6
+        assert len(gpu.channel_masks(checkpoint["model"])) == len(given)
         assert gpu.mask_violations(checkpoint["model"].float(), given) == []
     epochs = (trained.run / "results.csv").read_text().splitlines()[1:]
     assert [int(float(row.split(",")[0])) for row in epochs] == [1, 2]  # resumed at epoch 2, not restarted
 
 
-def test_mask_violations_finds_dropped_channels_that_are_not_zero():
-    model = masked_yolov8n()
-    masks = gpu.channel_masks(model)
-    weights = [name for name in masks if not name.endswith("bn.bias")]  # BN biases start at zero
-    assert gpu.mask_violations(yolov8n(), masks) == weights  # the same model before masking
-    sliced_away = [name for name in masks if name.startswith("model.2")]  # another shape: not the masked tensor
-    assert gpu.mask_violations(compact_yolov8n(), masks) == ["model.1.conv.weight", "model.1.bn.weight", *sliced_away]
-    assert gpu.mask_violations(model) == [] and gpu.mask_violations(torch.nn.Identity(), masks) == list(masks)
+def test_mask_violations_finds_dropped_channels_that_are_not_zero(pruned):
+    masks = gpu.channel_masks(pruned.masked)
+    biases = [name for name in masks if name.endswith("bn.bias")]  # BN biases start at zero
+    assert gpu.mask_violations(yolov8n(), masks) == [name for name in masks if name not in biases]
+    assert set(gpu.mask_violations(pruned.compact, masks)) == set(masks)  # sliced: another shape
+    assert gpu.mask_violations(pruned.masked) == [] and gpu.mask_violations(torch.nn.Identity(), masks) == list(masks)
 
 
-def test_masked_batchnorm_gamma_stays_out_of_weight_decay():
-    model = masked_yolov8n()
+def test_masked_batchnorm_gamma_stays_out_of_weight_decay(pruned):
+    model = copy.deepcopy(pruned.masked)
     optimizer = gpu.PrunedDetectionTrainer.__new__(gpu.PrunedDetectionTrainer).build_optimizer(
         model, name="SGD", lr=0.01, momentum=0.9, decay=1e-4)
-    gamma = model.model[1].bn.parametrizations.weight.original
+    gamma = model.model[1].bn.weight
     group = next(g for g in optimizer.param_groups if any(p is gamma for p in g["params"]))
     assert group["param_group"] == "bn" and group["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
-def test_masked_model_pickles_and_fuses_with_masks_holding(tmp_path):
-    model = masked_yolov8n().eval()
-    gpu.prepare_masked(model)
+def test_masked_model_pickles_and_fuses_with_masks_holding(pruned, tmp_path):
+    model = copy.deepcopy(pruned.masked).eval()
     torch.save({"model": copy.deepcopy(model).half()}, tmp_path / "m.pt")
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)["model"].float().eval()
     assert set(gpu.channel_masks(loaded)) == set(gpu.channel_masks(model)) and gpu.mask_violations(loaded) == []
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         reference = model(x)[0]
-        fused = copy.deepcopy(model).fuse(verbose=False)  # assigns conv.weight through the masks
-        assert torch.allclose(fused(x)[0], reference, atol=1e-4)
+        fused = copy.deepcopy(model).fuse(verbose=False)
+        assert torch.allclose(fused(x)[0], reference, atol=1e-3)
         assert torch.allclose(loaded(x)[0], reference, atol=0.05)  # float16 in the file
 
 
-def test_masked_model_saves_as_a_plain_checkpoint(tmp_path):
-    model = masked_yolov8n()
+def test_masked_model_saves_as_a_plain_checkpoint(pruned, tmp_path):
+    model = pruned.masked
     path = gpu.save_checkpoint(model, tmp_path / "masked.pt")
     loaded = YOLO(str(path)).model
-    assert gpu.channel_masks(loaded) == {} and not any(parametrize.is_parametrized(m) for m in loaded.modules())
+    assert gpu.channel_masks(loaded) == {}  # baked: plain tensors
     assert parameters(loaded) == parameters(yolov8n())
     assert gpu.mask_violations(loaded, gpu.channel_masks(model)) == []
-    assert (loaded.model[1].conv.weight[DROPPED["model.1"]] == 0).all()
     assert gpu.channel_masks(model)  # the model itself keeps its masks
+    assert graphprune.reconstruct(loaded).report.exact  # and a baked one still reconstructs
 
 
-def test_pruned_checkpoint_loads_predicts_and_validates_in_ultralytics(data, tmp_path):
-    compact = compact_yolov8n()
-    assert parameters(compact) < parameters(yolov8n())
+def test_pruned_checkpoint_loads_predicts_and_validates_in_ultralytics(data, pruned, tmp_path):
+    compact = pruned.compact
+    assert parameters(compact) == pruned.report.params_after < parameters(yolov8n())
     path = gpu.save_checkpoint(compact, tmp_path / "pruned.pt")
     yolo = YOLO(str(path))
     assert type(yolo.model) is DetectionModel and yolo.task == "detect"
@@ -281,8 +188,8 @@ def test_pruned_checkpoint_loads_predicts_and_validates_in_ultralytics(data, tmp
         assert np.allclose(out, compact(x)[0].numpy(), atol=1e-3)
 
 
-def test_command_line_fine_tunes_a_pruned_checkpoint(data, tmp_path, capsys):
-    compact = compact_yolov8n()
+def test_command_line_fine_tunes_a_pruned_checkpoint(data, pruned, tmp_path, capsys):
+    compact = pruned.compact
     path = gpu.save_checkpoint(compact, tmp_path / "pruned.pt")
     args = [f"{k}={v}" for k, v in TRAIN.items()]
     assert gpu.main([str(path), f"data={data}", "epochs=1", f"project={tmp_path}", "name=cli", *args]) == 0
@@ -302,11 +209,11 @@ def test_command_line_arguments_parse_as_ultralytics_does():
             gpu.parse_args(bad)
 
 
-def test_train_refuses_what_it_cannot_do_before_training(tmp_path):
+def test_train_refuses_what_it_cannot_do_before_training(pruned, tmp_path):
     with pytest.raises(ConfigError, match="data="):
-        gpu.train(masked_yolov8n(), epochs=1)
+        gpu.train(pruned.masked, epochs=1)
     with pytest.raises(ConfigError, match="last.pt"):
-        gpu.train(masked_yolov8n(), data="d.yaml", resume=True)
+        gpu.train(pruned.masked, data="d.yaml", resume=True)
     with pytest.raises(LoadError):
         gpu.train(tmp_path / "missing.pt", data="d.yaml")
     with pytest.raises(ConfigError, match="task"):
@@ -321,8 +228,8 @@ def test_a_dataset_with_other_classes_is_refused():
 
 
 @pytest.mark.slow
-def test_pruned_checkpoint_trains_through_yolo_with_the_pruned_trainer(data, tmp_path):
-    compact = compact_yolov8n()
+def test_pruned_checkpoint_trains_through_yolo_with_the_pruned_trainer(data, pruned, tmp_path):
+    compact = pruned.compact
     yolo = YOLO(str(gpu.save_checkpoint(compact, tmp_path / "pruned.pt")))
     yolo.train(trainer=gpu.PrunedDetectionTrainer, data=str(data), epochs=1, project=str(tmp_path), name="yolo",
                **TRAIN)
@@ -333,11 +240,9 @@ def test_pruned_checkpoint_trains_through_yolo_with_the_pruned_trainer(data, tmp
 def test_masked_segmentation_model_trains_with_the_segmentation_trainer(tmp_path):
     data = write_detection_dataset(tmp_path / "segments", segments=True)
     torch.manual_seed(0)
-    model = SegmentationModel("yolov8n-seg.yaml", nc=3, verbose=False)
-    for block, dropped in DROPPED.items():
-        conv = model.get_submodule(block)
-        for module, name in ((conv.conv, "weight"), (conv.bn, "weight"), (conv.bn, "bias")):
-            mask_channels(module, name, dropped)
-    trained = gpu.train(model, data=str(data), epochs=1, project=str(tmp_path), name="segment", **TRAIN)
+    model = SegmentationModel("yolov8n-seg.yaml", nc=3, verbose=False).eval()
+    masked = graphprune.prune(model, torch.randn(1, 3, 64, 64), ratio=0.5).masked
+    trained = gpu.train(masked, data=str(data), epochs=1, project=str(tmp_path), name="segment", **TRAIN)
     assert type(trained) is SegmentationModel and trained.task == "segment"
-    assert len(gpu.channel_masks(trained)) == 6 and gpu.mask_violations(trained) == []
+    assert len(gpu.channel_masks(trained)) == len(gpu.channel_masks(masked)) and gpu.mask_violations(trained) == []
+    assert graphprune.reconstruct(trained).report.exact

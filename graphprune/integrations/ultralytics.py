@@ -11,9 +11,9 @@ silently dropping every weight whose shape changed; these keep the model::
     small = graphprune.reconstruct(trained).compact
     gpu.save_checkpoint(small, "pruned.pt")        # ultralytics.YOLO("pruned.pt") loads it as it is
 
-A masked model's tensors are ``torch.nn.utils.parametrize`` parametrizations,
-which torch refuses to pickle (ultralytics pickles the EMA into ``last.pt``)
-and ultralytics' ``fuse()`` cannot assign to: :func:`prepare_masked` fixes both.
+A masked model is the user's model with mask hooks (see
+:mod:`graphprune.masks`): it pickles into ultralytics' checkpoints, survives
+its EMA's deep copies and its ``fuse()``, and keeps its dropped channels at zero.
 Command line: ``python -m graphprune.integrations.ultralytics pruned.pt data=data.yaml epochs=10``.
 """
 
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import merge_equals_args, parse_key_value_pair
 from ultralytics.models import yolo
@@ -43,47 +42,25 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from .. import __version__ as GRAPHPRUNE_VERSION
 from ..errors import ConfigError, LoadError
+from ..masks import bake, channel_masks
 
 __all__ = ["PrunedTrainerMixin", "PrunedDetectionTrainer", "PrunedSegmentationTrainer", "PrunedPoseTrainer",
            "PrunedOBBTrainer", "PrunedClassificationTrainer", "trainer_for", "train", "save_checkpoint",
-           "prepare_masked", "channel_masks", "mask_violations", "parse_args", "main"]
+           "channel_masks", "mask_violations", "parse_args", "main"]
 
 
-# --- masked models: find the masks, pickle them, let ultralytics assign through them ---------------------------
-
-def _is_mask(p: nn.Module) -> bool:
-    """A channel mask parametrization: a module holding a 0/1 ``keep`` buffer (graphprune's ``ChannelMask``)."""
-    return isinstance(p._buffers.get("keep"), torch.Tensor)
-
-
-def _parametrized(model: nn.Module):
-    """(module name, module) of every module carrying channel-mask parametrizations."""
-    for name, module in model.named_modules():
-        lists = getattr(module, "parametrizations", None)
-        if parametrize.is_parametrized(module) and any(_is_mask(p) for pl in lists.values() for p in pl):
-            yield name, module
-
-
-def channel_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per masked tensor (``"model.1.conv.weight"``), its ``keep`` mask (the product of its masks)."""
-    out = {}
-    for name, module in _parametrized(model):
-        for tensor, plist in module.parametrizations.items():
-            keeps = [p.keep for p in plist if _is_mask(p)]
-            if keeps:
-                out[f"{name}.{tensor}" if name else tensor] = torch.stack(torch.broadcast_tensors(*keeps)).prod(0)
-    return out
-
+# --- masked models ------------------------------------------------------------------------------------------
 
 def mask_violations(model: nn.Module, masks: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Names of the tensors not exactly zero wherever their mask is 0 (empty: every dropped channel is zero).
-    ``masks`` defaults to the model's own; pass those the model had before training to check a trained, loaded
-    or baked one against them (a tensor that is gone or has another shape counts as a violation)."""
+    ``masks`` defaults to the model's own (:func:`graphprune.masks.channel_masks`); pass those the model had
+    before training to check a trained, loaded or baked one against them (a tensor that is gone or has
+    another shape counts as a violation)."""
     bad = []
     with torch.no_grad():
         for target, keep in (channel_masks(model) if masks is None else masks).items():
             owner, _, attr = target.rpartition(".")
-            try:  # the tensor as the module computes with it
+            try:
                 value = getattr(model.get_submodule(owner), attr)
                 if value.ndim != keep.ndim or bool((value * (keep.to(value.device) == 0)).ne(0).any()):
                     bad.append(target)
@@ -92,84 +69,10 @@ def mask_violations(model: nn.Module, masks: dict[str, torch.Tensor] | None = No
     return bad
 
 
-def _keep_value(value: torch.Tensor) -> torch.Tensor:
-    """``right_inverse`` of a channel mask: assigning ``t`` stores ``t`` as the original, read back as ``t * keep``."""
-    return value
-
-
-def _reduce_parametrized(self: nn.Module, protocol: int):
-    """Pickle a parametrized module as its plain class with its original tensors, and its masks beside it."""
-    base = type(self).__bases__[0]  # torch injected Parametrized<Base>(Base)
-    state = self.__dict__.copy()
-    modules, params, buffers = dict(state["_modules"]), dict(state["_parameters"]), dict(state["_buffers"])
-    chains = {}
-    for name, plist in modules.pop("parametrizations").items():
-        if not plist.is_tensor:
-            raise RuntimeError(f"cannot pickle {base.__name__}.{name}: its parametrization has several originals")
-        (params if isinstance(plist.original, nn.Parameter) else buffers)[name] = plist.original
-        chains[name] = list(plist)
-    state.update(_modules=modules, _parameters=params, _buffers=buffers)
-    return _restore_parametrized, (base, state, chains)
-
-
-def _restore_parametrized(base: type, state: dict, chains: dict[str, list[nn.Module]]) -> nn.Module:
-    """Unpickle what :func:`_reduce_parametrized` wrote: the plain module, then its parametrizations again."""
-    module = base.__new__(base)
-    module.__dict__.update(state)
-    for name, chain in chains.items():
-        for p in chain:
-            parametrize.register_parametrization(module, name, p)
-    prepare_masked(module)
-    return module
-
-
-def _assign_through_masks(self: nn.Module, name: str, value) -> None:
-    """``module.weight = Parameter(t)`` on a masked tensor sets its original (through torch's property setter)."""
-    lists = self.__dict__.get("_modules", {}).get("parametrizations")
-    if isinstance(value, nn.Parameter) and lists is not None and name in lists:
-        object.__setattr__(self, name, value.detach())
-    else:
-        type(self).__bases__[0].__setattr__(self, name, value)
-
-
-def prepare_masked(model: nn.Module) -> int:
-    """Make a masked model picklable and fusable, in place; return how many modules it touched.
-
-    * torch's generated class of a parametrized module raises in ``__getstate__``;
-      its ``__reduce_ex__`` becomes: pickle the module's own class with its
-      original tensors and its masks beside it, re-register them on unpickling.
-    * ultralytics' ``fuse()`` assigns ``conv.weight = Parameter(fused)``, which
-      ``nn.Module.__setattr__`` refuses on a parametrized name; its
-      ``__setattr__`` routes that to torch's setter, and a mask without
-      ``right_inverse`` gets the identity (the tensor becomes the original, still
-      read back times ``keep``: fused models stay masked).
-    """
-    count = 0
-    for _, module in _parametrized(model):
-        cls = type(module)
-        if cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
-            cls.__reduce_ex__ = _reduce_parametrized
-            cls.__setattr__ = _assign_through_masks
-        for p in (p for plist in module.parametrizations.values() for p in plist):
-            if _is_mask(p) and not hasattr(p, "right_inverse"):
-                p.right_inverse = _keep_value
-        count += 1
-    return count
-
-
 def _baked(model: nn.Module) -> nn.Module:
-    """A copy with every mask parametrization replaced by its value. Not ``remove_parametrizations``: the copy
-    shares torch's generated class with the original, and removing the property from it breaks the original."""
+    """A copy with every mask applied and its hooks removed (plain tensors, exact zeros)."""
     model = copy.deepcopy(model)
-    for _, module in list(_parametrized(model)):
-        with torch.no_grad():
-            values = {name: (pl.original, pl().detach().clone()) for name, pl in module.parametrizations.items()}
-        module.__class__ = type(module).__bases__[0]
-        del module._modules["parametrizations"]
-        for name, (original, value) in values.items():
-            parameter = isinstance(original, nn.Parameter)
-            (module._parameters if parameter else module._buffers)[name] = (
-                nn.Parameter(value, original.requires_grad) if parameter else value)
+    bake(model)
     return model
 
 
@@ -179,13 +82,6 @@ def _classes(model: nn.Module) -> int | None:
     """The number of classes the model's head predicts (its ``nc``)."""
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else model
     return getattr(head, "nc", None)
-
-
-def _norm_originals(model: nn.Module) -> set[int]:
-    """ids of the originals behind masked normalization-layer weights (gamma)."""
-    norms = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
-    return {id(module.parametrizations.weight.original) for _, module in _parametrized(model)
-            if isinstance(module, norms) and "weight" in module.parametrizations}
 
 
 class PrunedTrainerMixin:
@@ -210,7 +106,6 @@ class PrunedTrainerMixin:
         if getattr(self.args, "pretrained", None) not in (None, True, False) and not self.resume:
             raise ConfigError("pretrained=<weights> cannot be loaded into a pruned model (the shapes differ)")
         model.requires_grad_(True)
-        prepare_masked(model)
         return model
 
     def set_model_attributes(self):
@@ -221,22 +116,6 @@ class PrunedTrainerMixin:
                 "a pruned model keeps its head, so fine-tune it on data with the same classes"
             )
         super().set_model_attributes()
-
-    def build_optimizer(self, model, *args, **kwargs):
-        # ultralytics sorts parameters by the module that holds them; a masked BN gamma is held by torch's
-        # ParametrizationList, so it would land in the decayed "weight" group. Move it to the "bn" group.
-        optimizer = super().build_optimizer(model, *args, **kwargs)
-        gammas = _norm_originals(unwrap_model(model))
-        for group in [g for g in optimizer.param_groups if g.get("param_group") == "weight"]:
-            moved = [p for p in group["params"] if id(p) in gammas]
-            group["params"] = [p for p in group["params"] if id(p) not in gammas]
-            bn = [g for g in optimizer.param_groups if g.get("param_group") == "bn" and g["lr"] == group["lr"]]
-            if moved and bn:
-                bn[0]["params"].extend(moved)
-            elif moved:
-                options = {k: v for k, v in group.items() if k != "params"}
-                optimizer.add_param_group({**options, "params": moved, "weight_decay": 0.0, "param_group": "bn"})
-        return optimizer
 
 
 class PrunedDetectionTrainer(PrunedTrainerMixin, yolo.detect.DetectionTrainer):
@@ -292,7 +171,8 @@ def train(model_or_path: nn.Module | str | Path, callbacks: dict[str, list] | No
     The task's trainer (:func:`trainer_for`) does EMA, ``last.pt``/``best.pt``,
     resuming and the final validation. Returns the model of ``best.pt`` (else
     ``last.pt``) as ultralytics loads it (float32 from the file's float16, eval
-    mode, trainable): the user's model class, masks and all; ``pt_path`` names it.
+    mode, trainable): the user's model class, masks and all (reconstruct a
+    masked one with :func:`graphprune.reconstruct`); ``pt_path`` names it.
     """
     resume = args.get("resume", False)
     if isinstance(model_or_path, (str, Path)):
@@ -333,7 +213,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     ``epoch=-1``, no optimizer or EMA), so ``YOLO(path)`` predicts, validates,
     exports and trains (:func:`train`, or ``.train(trainer=PrunedDetectionTrainer)``)
     the pruned model. A masked model is saved with its masks applied (dense
-    shapes, exact zeros): reconstruct it first to save the small one.
+    shapes, exact zeros, no hooks; it can still be reconstructed): reconstruct
+    it first to save the small one.
     ``half=True`` stores float16 as ultralytics does; the default keeps float32.
     """
     path, source = Path(path), unwrap_model(model)

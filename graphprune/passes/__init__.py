@@ -1,5 +1,6 @@
 """Built-in passes, one per module, in pipeline order."""
 
+from .apply import ApplyPass
 from .channels import ChannelAnalysisPass
 from .export import ExportPass
 from .fold import FoldPass
@@ -11,6 +12,7 @@ from .rewrite import RewritePass
 from .score import ScorePass
 from .select import SelectPass
 from .shapes import ShapePass
+from .structure import StructurePass
 from .trace import FRONTENDS, TracePass, register_frontend
 from .verify import Verification, VerifyPass
 
@@ -20,10 +22,12 @@ def default_passes() -> list:
         TracePass(),
         ShapePass(),
         ChannelAnalysisPass(),
+        StructurePass(),
         GroupPass(),
         ScorePass(),
         SelectPass(),
         RewritePass(),
+        ApplyPass(),
         MaskPass(),
         FoldPass(),
         VerifyPass(),
@@ -32,7 +36,7 @@ def default_passes() -> list:
 
 
 __all__ = [
-    "ChannelAnalysisPass", "FRONTENDS", "FoldPass", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
-    "ScorePass", "SelectPass", "ShapePass", "TracePass", "Verification", "VerifyPass",
+    "ApplyPass", "ChannelAnalysisPass", "FRONTENDS", "FoldPass", "GroupPass", "MaskPass", "MeasurePass", "RewritePass",
+    "ScorePass", "SelectPass", "ShapePass", "StructurePass", "TracePass", "Verification", "VerifyPass",
     "default_passes", "register_frontend", "ExportPass", "LatencyPass",
 ]

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
 from ..rules.base import has_tensor, opaque, value
-from ..tensors import owner_of
+from ..tensors import owner_of, split_target
 
 UNKNOWN = UnknownOpRule()
 
@@ -72,13 +72,19 @@ def mutates_first_arg(node: fx.Node, gm: fx.GraphModule, modules: dict | None = 
     return False
 
 
-def tie_shared_tensors(ctx: AnalysisContext) -> None:
+def tie_shared_tensors(ctx: AnalysisContext, graphs: list[fx.GraphModule]) -> None:
     """One tensor under several names (tied weights: ``b.weight = a.weight``)
     is one set of values: index i along a dim is the same data under every
     name, so it is kept or dropped together (and the rewrite keeps it tied)."""
+    tables = [dict(gm.named_modules(remove_duplicate=False)) for gm in graphs]
+
+    def tensor(target: str) -> Any:
+        owner, attr = split_target(target)
+        return next(getattr(t[owner], attr) for t in tables if hasattr(t.get(owner), attr))
+
     by_tensor: dict[tuple[int, int], list] = {}
     for slot in ctx.slots.values():
-        by_tensor.setdefault((id(ctx.tensor(slot.target)), slot.dim), []).append(slot)
+        by_tensor.setdefault((id(tensor(slot.target)), slot.dim), []).append(slot)
     for slots in by_tensor.values():
         first = slots[0]
         for other in slots[1:]:
@@ -100,14 +106,13 @@ class ChannelAnalysisPass:
         gm = state.graph
         ctx = AnalysisContext(gm)
         self.opaque_attributes: set[str] = set()
-        for node in gm.graph.nodes:
-            code = self.visit(node, ctx, state)
-            ctx.codes[node.name] = code
-            first = node.args[0] if node.args else None
-            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm, ctx.modules):
-                # Later readers of the mutated input see the op's result.
-                ctx.codes[first.name] = code
-        tie_shared_tensors(ctx)
+        self.walk(gm, ctx, state)
+        graphs = [gm]
+        if state.train_graph is not None:  # the same ids: a parameter means the same channels in both modes
+            ctx.walk("train", state.train_graph)
+            self.walk(state.train_graph, ctx, state)
+            graphs.append(state.train_graph)
+        tie_shared_tensors(ctx, graphs)
         ignored = resolve_ignore(gm, tuple(state.config.ignore), state.model)
         for slot in ctx.slots.values():
             owner = owner_of(slot.target)
@@ -116,6 +121,15 @@ class ChannelAnalysisPass:
             elif slot.target in self.opaque_attributes:
                 ctx.pin(slot.ids, f"{slot.target!r} is also read directly in forward")
         state.channels = ctx.finish()
+
+    def walk(self, gm: fx.GraphModule, ctx: AnalysisContext, state: CompileState) -> None:
+        for node in gm.graph.nodes:
+            code = self.visit(node, ctx, state)
+            ctx.codes[node.name] = code
+            first = node.args[0] if node.args else None
+            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm, ctx.modules):
+                # Later readers of the mutated input see the op's result.
+                ctx.codes[first.name] = code
 
     def visit(self, node: fx.Node, ctx: AnalysisContext, state: CompileState) -> Any:
         if node.op == "placeholder":

@@ -34,7 +34,8 @@ from .. import ids
 from ..numerics import fresh_copy, input_batches
 from ..pipeline import CompileState
 from ..plan import BiasFold, PruningPlan
-from ..tensors import get_tensor
+from ..slicing import masked_graph
+from ..tensors import get_tensor, owner_of
 
 
 @dataclass
@@ -79,14 +80,14 @@ def _weight_of(node: fx.Node, gm: fx.GraphModule) -> tuple[str, Any] | None:
     return None
 
 
-def _consumers(state: CompileState) -> list[_Consumer]:
+def _consumers(state: CompileState, masked: fx.GraphModule) -> list[_Consumer]:
     channels, plan = state.channels, state.plan
     inputs = {slot.target: slot for slot in channels.slots if slot.kind == "input"}
     found = []
-    for node in state.masked.graph.nodes:
+    for node in masked.graph.nodes:
         if node.op not in ("call_module", "call_function") or not node.args:
             continue
-        weight = _weight_of(node, state.masked)
+        weight = _weight_of(node, masked)
         if weight is None or weight[0] not in inputs or not bool((~plan.kept(inputs[weight[0]].ids)).any()):
             continue
         x = node.args[0]
@@ -185,14 +186,40 @@ def summary(folds: list[BiasFold]) -> list[str]:
     return notes
 
 
+def fold_deltas(plan: PruningPlan, folds: list[BiasFold]) -> list[torch.Tensor]:
+    """Each fold's contribution per output channel the compact layer keeps."""
+    filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
+    out = []
+    for fold in folds:
+        slot = filters.get(fold.weight)
+        out.append(fold.delta if slot is None else fold.delta[plan.kept(slot.ids)])
+    return out
+
+
+def apply_folds_to_model(model: nn.Module, plan: PruningPlan, folds: list[BiasFold]) -> list[str]:
+    """The same folds on the user's model: into the layer's bias, or a new one
+    where the layer has a ``bias`` slot left empty; returns the layers that
+    have neither (their folds stay in the graph form only)."""
+    missing = []
+    with torch.no_grad():
+        for fold, delta in zip(folds, fold_deltas(plan, folds)):
+            if fold.bias is not None:
+                bias = get_tensor(model, fold.bias)
+                bias.add_(delta.to(bias.dtype))
+                continue
+            module = model.get_submodule(owner_of(fold.weight))
+            if "bias" in module._parameters and module._parameters["bias"] is None:
+                module.bias = nn.Parameter(delta.detach().clone())
+            else:
+                missing.append(owner_of(fold.weight))
+    return missing
+
+
 def apply_folds(gm: fx.GraphModule, plan: PruningPlan, folds: list[BiasFold]) -> None:
     """Add what each layer's dropped constant inputs contributed to its bias
     (see the fold pass), giving the layer a bias if it had none."""
-    filters = {slot.target: slot for slot in plan.channels.slots if slot.kind == "filter"}
     nodes = {n.name: n for n in gm.graph.nodes}
-    for fold in folds:
-        slot = filters.get(fold.weight)
-        delta = fold.delta if slot is None else fold.delta[plan.kept(slot.ids)]
+    for fold, delta in zip(folds, fold_deltas(plan, folds)):
         with torch.no_grad():
             if fold.bias is not None:
                 get_tensor(gm, fold.bias).add_(delta.to(get_tensor(gm, fold.bias).dtype))
@@ -214,7 +241,7 @@ def apply_folds(gm: fx.GraphModule, plan: PruningPlan, folds: list[BiasFold]) ->
 
 class FoldPass:
     name = "fold"
-    requires = ("masked", "compact", "plan")
+    requires = ("graph", "plan", "compact_graph")
     provides = ("folds",)
     random_batches = 1
 
@@ -228,16 +255,17 @@ class FoldPass:
                                "are dropped with them, so the compact model is NOT the masked one (the "
                                "paper's 'without BN masking' ablation)")
             return
-        consumers = _consumers(state)
+        masked = masked_graph(state.graph, state.plan, mask_bn=False)
+        consumers = _consumers(state, masked)
         if not consumers:
             return
-        recorder = _Recorder(state.masked, consumers)
+        recorder = _Recorder(masked, consumers)
         with torch.no_grad():
             for batch in input_batches(state.example_inputs, config.seed + 1, self.random_batches):
                 recorder.run(*fresh_copy(batch))
         by_weight: dict[str, list[BiasFold]] = {}
         for consumer in consumers:
-            weight_ndim = get_tensor(state.masked, consumer.weight).ndim
+            weight_ndim = get_tensor(masked, consumer.weight).ndim
             delta, exact, why, channels = _contribution(consumer, weight_ndim)
             if consumer.bias is False and bool(delta.ne(0).any()):
                 exact, why, channels = False, COMPUTED, positions(consumer.dropped)
@@ -256,6 +284,11 @@ class FoldPass:
         if state.folds:
             state.notes.append(f"folded the constants of dropped channels into the biases of {len(state.folds)} "
                                f"layers ({sum(f.exact for f in state.folds)} exactly)")
-        apply_folds(state.compact, state.plan, state.folds)
-        state.compact.graph.lint()
-        state.compact.recompile()
+        apply_folds(state.compact_graph, state.plan, state.folds)
+        state.compact_graph.graph.lint()
+        state.compact_graph.recompile()
+        if state.compact is not None:
+            missing = apply_folds_to_model(state.compact, state.plan, state.folds)
+            if missing:
+                state.notes.append(f"not exact without BN masking: {', '.join(missing[:4])} compute their bias "
+                                   "in forward, so the folded constants are in the compact graph only")

@@ -1,160 +1,90 @@
-"""Rewrite pass: the compact model, physically smaller.
+"""Rewrite pass: the compact graph, physically smaller.
 
-Starts from the traced graph with the masks of the plan applied (the compact
-model must compute what the masked model computes, including channels a layer
-zeroed but the union kept), slices every parameter and buffer indexed by
-channels to the kept channels,
-then lets each node's op rule fix what the node encodes about channel counts
+Starts from the traced graph, slices every parameter and buffer indexed by
+channels to the kept channels (zeroing what a layer dropped but the union
+keeps: the compact model must compute what the masked model computes), then
+lets each node's op rule fix what the node encodes about channel counts
 (module attributes such as ``in_channels`` and ``groups``; split sizes, view
 shapes and slice bounds in the graph).
+
+Every node whose arguments the rules changed is recorded in
+``compact_graph.meta[CHANGES_KEY]`` (node name -> what changed): a change
+in a module's forward code is what makes the apply pass replace that module.
 """
 
 from __future__ import annotations
 
-import copy
-from itertools import chain
+from typing import Any
 
-import torch
 import torch.fx as fx
-import torch.nn as nn
 
-from ..masks import COMPILE_KEY, FILTER_KINDS, bake, keep_masks
+from ..copying import light_copy, own_tensors
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..rewriting import RewriteContext
 from ..rules import RULES
-from ..tensors import get_tensor, retie, set_tensor
+from ..slicing import compact_tensors
+
+#: compact_graph.meta key: node name -> what the rewrite changed in it
+CHANGES_KEY = "graphprune.changes"
 
 
-def slice_parameters(gm: fx.GraphModule, plan: PruningPlan,
-                     modules: dict[str, nn.Module] | None = None) -> dict[tuple[str, int], torch.Tensor]:
-    """Slice every slot's tensor to its kept indices; returns those indices
-    per (tensor name, dim) that was sliced."""
-    # Names of one tensor (tied weights) get one sliced tensor back, still tied.
-    names_of: dict[int, list[str]] = {}
-    dims_of: dict[str, set[int]] = {}
-    for slot in plan.channels.slots:
-        dims_of.setdefault(slot.target, set()).add(slot.dim)
-    for target in dims_of:
-        names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
-    sliced: dict[tuple[str, int], torch.Tensor] = {}
-    raw_kept = plan.class_kept[plan.channels.class_of]  # once, not per slot
-    with torch.no_grad():
-        for slot in plan.channels.slots:
-            keep = raw_kept[slot.ids]
-            if bool(keep.all()):
-                continue
-            index = keep.nonzero().flatten()
-            tensor = get_tensor(gm, slot.target, modules)
-            set_tensor(gm, slot.target, tensor.index_select(slot.dim, index), modules)
-            sliced[(slot.target, slot.dim)] = index
-    for names in names_of.values():
-        for other in names[1:]:
-            if dims_of[other] == dims_of[names[0]]:
-                retie(gm, other, get_tensor(gm, names[0], modules))
-    return sliced
+def _text(value: Any) -> str:
+    if isinstance(value, fx.Node):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_text(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    if isinstance(value, slice):
+        return ":".join("" if v is None else _text(v) for v in (value.start, value.stop, value.step)).rstrip(":")
+    return repr(value)
 
 
-def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` (any channel masks baked in) with modules of its own
-    but its parameters and buffers shared, not copied: most are about to be
-    replaced by slices, so copying them would only raise peak memory and
-    time. Each module is copied shallowly with its own parameter, buffer and
-    submodule tables (so setting an attribute or replacing a tensor in the
-    copy leaves ``gm`` alone); the graph is copied with node metadata shared
-    (read, never changed). Call :func:`own_tensors` before changing any
-    tensor in place, and ``recompile()`` before running it (its code is
-    generated once, after the rewrite)."""
-    clones: dict[int, nn.Module] = {}
-
-    def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
-        if id(module) not in clones:
-            new = object.__new__(cls or type(module))
-            clones[id(module)] = new
-            state = new.__dict__
-            state.update(module.__dict__)  # Module.__setattr__ bookkeeping is not needed here
-            state["_parameters"] = dict(module._parameters)
-            state["_buffers"] = dict(module._buffers)
-            state["_modules"] = {k: None if m is None else clone(m) for k, m in module._modules.items()}
-        return clones[id(module)]
-
-    out = clone(gm, type(type(gm).__name__, (fx.GraphModule,), {}))  # a class of its own: its own forward
-    graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
-    graph.owning_module = out
-    out.__dict__.update(_graph=graph, meta={k: v for k, v in gm.meta.items() if k != COMPILE_KEY})
-    bake(out)
-    return out
+def call_text(target: Any, args: tuple, kwargs: dict) -> str:
+    """``split(x, [13, 19], 1)``: a call as a user reads it in a report."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    parts = [_text(a) for a in args] + [f"{k}={_text(v)}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(parts)})"
 
 
-def zero_dropped(gm: fx.GraphModule, masks: dict[str, torch.Tensor],
-                 sliced: dict[tuple[str, int], torch.Tensor], modules: dict[str, nn.Module]) -> None:
-    """After slicing, multiply each tensor by its mask sliced alike: what is
-    left to zero are channels a layer dropped but the union keeps (per-layer
-    mode). Out of place (a tensor may still be the caller's); tied tensors
-    stay tied."""
-    done: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for target, keep in masks.items():
-            for dim in range(keep.ndim):
-                if keep.shape[dim] > 1 and (target, dim) in sliced:
-                    keep = keep.index_select(dim, sliced[(target, dim)])
-            if bool(keep.ne(0).all()):
-                continue
-            tensor = get_tensor(gm, target, modules)
-            if id(tensor) not in done:
-                done[id(tensor)] = tensor * keep
-            set_tensor(gm, target, done[id(tensor)], modules)
-
-
-def own_tensors(gm: nn.Module, other: nn.Module) -> None:
-    """Clone every parameter or buffer ``gm`` still shares with ``other`` (tied
-    tensors stay tied), so training one never changes the other."""
-    shared = {id(t) for t in chain(other.parameters(), other.buffers())}
-    clones: dict[int, torch.Tensor] = {}
-    for module in gm.modules():
-        for table in (module._parameters, module._buffers):
-            for name, tensor in table.items():
-                if tensor is None or id(tensor) not in shared:
-                    continue
-                if id(tensor) not in clones:
-                    clone = tensor.detach().clone()
-                    if isinstance(tensor, nn.Parameter):
-                        clone = nn.Parameter(clone, requires_grad=tensor.requires_grad)
-                    clones[id(tensor)] = clone
-                table[name] = clones[id(tensor)]
+def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
+                  modules_too: bool = True) -> dict[str, str]:
+    """Let each node's rule fix its channel counts for ``plan``; returns the
+    nodes of ``gm`` whose call changed (not a module's attributes), with
+    what changed. ``modules_too=False``: only call_function/call_method nodes
+    (a dry run that must not touch modules)."""
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    rw = RewriteContext(gm, plan, graph)
+    unknown = plan.channels.graphs[graph].unknown
+    changed: dict[str, str] = {}
+    for node in list(gm.graph.nodes):
+        if not node.op.startswith("call_") or (node.op == "call_module" and not modules_too):
+            continue
+        rule = RULES.lookup(node, gm, modules)
+        if rule is None or not hasattr(rule, "rewrite") or node.name in unknown:
+            continue  # no rule, or pinned: nothing about it changes
+        before = (node.target, node.args, node.kwargs)
+        rule.rewrite(node, rw)
+        if node.op != "call_module" and (node.target, node.args, node.kwargs) != before:
+            changed[node.name] = f"{call_text(*before)} becomes {call_text(node.target, node.args, node.kwargs)}"
+    return changed
 
 
 class RewritePass:
     name = "rewrite"
     requires = ("graph", "plan")
-    provides = ("compact",)
+    provides = ("compact_graph",)
 
     def __call__(self, state: CompileState) -> None:
-        state.compact = self.build(state, state.plan)
+        state.compact_graph = self.build(state, state.plan)
 
     def build(self, state: CompileState, plan: PruningPlan) -> fx.GraphModule:
-        """The compact model of the traced graph under ``plan`` (the budget
+        """The compact graph of the traced graph under ``plan`` (the budget
         search builds its candidates with this too)."""
-        # The masked model's weights, sliced: it zeroes a layer's own dropped
-        # filters even where the union keeps the channel, and so must the
-        # compact model. Built from the traced graph, not from the masked
-        # model, so that a masked model (parametrized, for training) need
-        # not exist first.
         compact = light_copy(state.graph)
-        modules = dict(compact.named_modules(remove_duplicate=False))
-        kinds = None if state.config.mask_bn else FILTER_KINDS
-        masks = keep_masks(compact, plan.channels, plan.raw_dropped, kinds)
-        sliced = slice_parameters(compact, plan, modules)
-        zero_dropped(compact, masks, sliced, modules)
+        compact_tensors(compact, plan, state.config.mask_bn)
         own_tensors(compact, state.graph)
-        rw = RewriteContext(compact, plan)
-        for node in list(compact.graph.nodes):
-            rule = RULES.lookup(node, compact, modules) if node.op.startswith("call_") else None
-            if rule is None or not hasattr(rule, "rewrite"):
-                continue
-            if node.name in plan.channels.unknown:
-                continue  # pinned: nothing about it changes
-            rule.rewrite(node, rw)
+        compact.meta[CHANGES_KEY] = rewrite_nodes(compact, plan)
         compact.graph.lint()
         compact.recompile()
         return compact.eval()

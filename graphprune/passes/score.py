@@ -44,7 +44,9 @@ class ScorePass:
         criterion = CRITERIA[state.config.criterion]
         generator = torch.Generator().manual_seed(state.config.seed)
         scores = {}
-        modules = dict(state.graph.named_modules(remove_duplicate=False))
+        # the eval graph holds most layers; a layer only training mode calls is in the model
+        modules = {**dict(state.model.named_modules(remove_duplicate=False)),
+                   **dict(state.graph.named_modules(remove_duplicate=False))}
         with torch.no_grad():
             for producer in state.channels.producers:
                 view = layer_view(state.graph, producer, generator, modules)

@@ -191,3 +191,10 @@ class ShapePass:
                 f"the example inputs ({describe_inputs(state.example_inputs)}) do not fit the model: "
                 f"{first}. Pass inputs of the shape and dtype the model expects{dtype_hint(state)}."
             ) from exc
+        if state.train_graph is not None:
+            try:  # its modules run as in eval mode here, which gives the same shapes and touches no statistic
+                self.record(state.train_graph, state.example_inputs)
+            except Exception as exc:
+                state.notes.append(f"the training-mode graph does not run on the example inputs "
+                                   f"({first_line(exc)}): only the eval-mode graph was analysed")
+                state.train_graph = None

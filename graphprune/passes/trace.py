@@ -1,28 +1,32 @@
 """Frontend pass: the model becomes an ``fx.GraphModule``.
 
-Frontends are registered by name; ``fx`` (``torch.fx.symbolic_trace``) is the
-default. A second frontend (``torch.export`` for models with Python control
-flow on tensors) plugs in with :func:`register_frontend` and
-``PruneConfig(frontend=...)``. The model is copied and put in eval mode
-first: the caller's model is never touched. The copy has its own modules and
-buffers but shares the parameter tensors with the caller's model (see
-:func:`private_copy`): no pass writes into ``state.graph``'s parameters (the
-mask and rewrite passes work on copies of their own), and copying every weight
-would cost the whole model's size in memory and a large part of the compile time.
+Frontends are registered by name; ``fx`` (graphprune's torch.fx tracer, see
+:mod:`graphprune.tracing`) is the default. A second frontend (``torch.export``
+for models with Python control flow on tensors) plugs in with
+:func:`register_frontend` and ``PruneConfig(frontend=...)``. The model is
+copied and put in eval mode first: the caller's model is never touched. The
+copy has its own modules and buffers but shares the parameter tensors with
+the caller's model (see :func:`~graphprune.copying.private_copy`): no pass
+writes into ``state.graph``'s parameters (the mask and rewrite passes work on
+copies of their own).
+
+The fx frontend also traces the model in training mode. Where that graph is
+another (an auxiliary head, a detector's training outputs), it becomes
+``state.train_graph`` and the channel analysis reads both.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .. import tracing
+from ..copying import private_copy
 from ..errors import ConfigError, TraceError, first_line
 from ..pipeline import CompileState
 
@@ -56,8 +60,9 @@ FX_ADVICE = "wrap that code in a leaf module"
 
 @register_frontend("fx")
 def fx_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    free_shape_caches(model)
     try:
-        gm = fx.symbolic_trace(model)
+        gm = tracing.trace(model)
         gm.meta[FRONTEND_KEY] = "fx"
         return gm
     except Exception as exc:
@@ -121,6 +126,7 @@ def export_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             program = torch.export.export(model, tuple(example_inputs), strict=False)
         gm = plain_graph_module(program.module())
         gm.meta[FRONTEND_KEY] = "export"
+        gm.meta[tracing.CALLS_KEY] = tracing.calls_from_stacks(gm.graph)
         if static:
             gm.meta[NOTES_KEY] = [
                 "torch.export could not keep the batch dim dynamic: the compact model takes "
@@ -150,50 +156,6 @@ def auto_frontend(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             ) from export_error
 
 
-def private_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose modules, attributes and buffers are its own,
-    but whose parameters are the caller's tensors.
-
-    Modules, their training flags and every other attribute are copied, so
-    ``eval()``, a frontend that switches a head to dynamic shapes, or a
-    forward that updates a buffer leave the caller's model alone. Parameter
-    tensors are shared (tied parameters stay tied): graphprune reads them and
-    never writes them (masking and slicing happen in copies)."""
-    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-
-    def clone(module: nn.Module) -> nn.Module:
-        # copy.deepcopy of every module object is slow (most of a small
-        # model's compile); plain attributes and empty hook tables need none.
-        if id(module) in memo:
-            return memo[id(module)]
-        new = object.__new__(type(module))
-        memo[id(module)] = new
-        state = new.__dict__
-        for key, value in module.__dict__.items():
-            if key == "_modules":
-                state[key] = {k: None if m is None else clone(m) for k, m in value.items()}
-            elif key == "_parameters":
-                state[key] = dict(value)
-            elif _immutable(value):
-                state[key] = value
-            elif isinstance(value, dict) and not value:
-                state[key] = type(value)()
-            elif isinstance(value, nn.Module):
-                state[key] = clone(value)
-            else:
-                state[key] = copy.deepcopy(value, memo)
-        return new
-
-    return clone(model)
-
-
-IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
-
-
-def _immutable(value: Any) -> bool:
-    return isinstance(value, IMMUTABLE) or (type(value) is tuple and all(_immutable(v) for v in value))
-
-
 class TracePass:
     name = "trace"
     requires: tuple[str, ...] = ()
@@ -213,3 +175,21 @@ class TracePass:
         state.graph.eval()
         state.frontend = state.graph.meta.get(FRONTEND_KEY, state.config.frontend)
         state.notes.extend(state.graph.meta.get(NOTES_KEY, []))
+        if state.frontend == "fx":
+            state.train_graph = self.train_graph(model, state)
+        model.eval()
+
+    @staticmethod
+    def train_graph(model: nn.Module, state: CompileState) -> fx.GraphModule | None:
+        """The model traced in training mode, where its code differs from eval mode's."""
+        model.train()
+        try:
+            train = tracing.trace(model)
+        except Exception as exc:
+            state.notes.append(f"the model could not be traced in training mode ({first_line(exc)}): "
+                               "only its eval-mode graph was analysed")
+            return None
+        if train.code == state.graph.code:
+            return None
+        train.meta[FRONTEND_KEY] = "fx"
+        return train

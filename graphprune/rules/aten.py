@@ -89,7 +89,7 @@ class AtenConvRule:
         return conv_channels(node, ctx, conv)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        if node.name in rw.analysis.depthwise:
+        if node.name in rw.depthwise:
             groups_at, _ = self._groups_position(node)
             set_argument(node, groups_at, "groups", get_tensor(rw.gm, attribute(node.args[1])).shape[0])
 

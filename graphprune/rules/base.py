@@ -143,6 +143,21 @@ def channel_line(ctx: AnalysisContext, node: fx.Node, code: torch.Tensor, dim: i
     return code.reshape(-1).expand(size) if code.shape[dim] == 1 else code.reshape(-1)
 
 
+def size_read(node: fx.Node) -> tuple[fx.Node, int | None] | None:
+    """(tensor, dim) when ``node`` reads a tensor's size: ``x.size(d)``,
+    ``x.size()`` / ``x.shape`` (dim None: every dim), ATen ``sym_size``."""
+    if node.op == "call_method" and node.target in ("size", "numel") and node.args:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return node.args[0], dim if node.target == "size" else None
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return node.args[0], None
+    if node.op == "call_function" and node.target in (torch.numel,):
+        return node.args[0], None
+    if node.op == "call_function" and "sym_size" in str(node.target) and len(node.args) > 1:
+        return node.args[0], node.args[1]
+    return None
+
+
 def module_path(node: fx.Node) -> str:
     return str(node.target)
 

@@ -119,9 +119,12 @@ class ConvRule:
         return conv_channels(node, ctx, conv)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        module = rw.gm.get_submodule(node.target)
+        self.fix_module(rw.gm.get_submodule(node.target))
+
+    def fix_module(self, module: nn.Module) -> None:
         w = module.weight
-        if node.name in rw.analysis.depthwise:
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+            # depthwise (the analysis keeps output c = input c): one group per kept channel
             module.groups = module.in_channels = module.out_channels = w.shape[0]
         elif self.transposed:
             module.in_channels = w.shape[0]
@@ -165,7 +168,9 @@ class LinearRule:
                                module.in_features, module.out_features)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        module = rw.gm.get_submodule(node.target)
+        self.fix_module(rw.gm.get_submodule(node.target))
+
+    def fix_module(self, module: nn.Module) -> None:
         module.out_features, module.in_features = module.weight.shape
 
 

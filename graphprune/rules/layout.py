@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.fx.node import map_aggregate
 
 from .. import ids
-from .base import TensorMeta, call, describe, substitute, tensor_args, value
+from .base import TensorMeta, call, describe, size_read, substitute, tensor_args, value
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -199,21 +199,6 @@ class GetItemRule(LayoutRule):
         node.args = (source, tuple(new) if isinstance(index, tuple) else new[0])
 
 
-def _size_read(node: fx.Node) -> tuple[fx.Node, int | None] | None:
-    """(tensor, dim) when ``node`` reads a tensor's size: ``x.size(d)``,
-    ``x.size()`` / ``x.shape`` (dim None: every dim), ATen ``sym_size``."""
-    if node.op == "call_method" and node.target in ("size", "numel") and node.args:
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return node.args[0], dim if node.target == "size" else None
-    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
-        return node.args[0], None
-    if node.op == "call_function" and node.target in (torch.numel,):
-        return node.args[0], None
-    if node.op == "call_function" and "sym_size" in str(node.target) and len(node.args) > 1:
-        return node.args[0], node.args[1]
-    return None
-
-
 def depends_on_channel_count(item: Any, codes: dict) -> bool:
     """Whether a size computed in the graph (``c // g`` of ``b, c, h, w =
     x.size()``) reads the size of a dim that channels vary on: in the compact
@@ -226,14 +211,14 @@ def depends_on_channel_count(item: Any, codes: dict) -> bool:
             continue
         seen.add(node)
         if node.op == "call_function" and node.target is operator.getitem:
-            read = _size_read(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            read = size_read(node.args[0]) if isinstance(node.args[0], fx.Node) else None
             if read is not None and read[1] is None and isinstance(node.args[1], int):
                 read = (read[0], node.args[1])
                 code = codes.get(read[0].name)
                 if isinstance(code, torch.Tensor) and code.shape[read[1] % code.ndim] > 1:
                     return True
                 continue
-        read = _size_read(node)
+        read = size_read(node)
         if read is not None:
             code = codes.get(read[0].name)
             if isinstance(code, torch.Tensor):
@@ -251,8 +236,10 @@ class ShapeArgsRule(LayoutRule):
     Literal sizes are replaced. So are sizes computed in the graph from a
     channel count: ``x.view(b, g, c // g, h, w)`` computes ``c // g`` from
     the compact input, which is right only for one of the ways the kept
-    channels can be laid out over ``(g, c // g)``, so it becomes a literal.
-    Sizes computed from the batch or spatial dims stay computed."""
+    channels can be laid out over ``(g, c // g)``, so it becomes a literal,
+    unless it computes the compact size anyway (a channel shuffle whose groups
+    keep equal counts): then the user's code stays as it is. Sizes computed
+    from the batch or spatial dims stay computed."""
 
     name = "reshape"
 
@@ -260,7 +247,7 @@ class ShapeArgsRule(LayoutRule):
         sizes = rw.compact_shape(node)
         if sizes is None:
             return
-        codes = rw.analysis.codes
+        codes = rw.codes
         first = 1
         shape_args = node.args[first:]
         packed = len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list))
@@ -270,7 +257,7 @@ class ShapeArgsRule(LayoutRule):
         for i, item in enumerate(items):
             if i >= len(sizes) or (isinstance(item, int) and item == -1):
                 continue
-            if isinstance(item, int) or depends_on_channel_count(item, codes):
+            if isinstance(item, int) or (depends_on_channel_count(item, codes) and rw.compact_value(item) != sizes[i]):
                 items[i] = sizes[i]
         if "shape" in node.kwargs and len(node.args) == 1:
             node.kwargs = {**node.kwargs, "shape": tuple(items)}
@@ -282,6 +269,18 @@ def split_dim(node: fx.Node) -> int:
     if len(node.args) > 2:
         return node.args[2]
     return node.kwargs.get("dim", 0)
+
+
+def chunk_sizes(node: fx.Node, total: int) -> list[int] | None:
+    """The pieces ``chunk`` makes of ``total`` channels, if ``node`` is a chunk."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name.split(".")[0] != "chunk":  # a method, torch.chunk or aten.chunk.default
+        return None
+    chunks = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+    if not isinstance(chunks, int) or chunks < 1 or total < 1:
+        return None
+    step = -(-total // chunks)
+    return [min(step, total - start) for start in range(0, total, step)]
 
 
 class SplitRule(LayoutRule):
@@ -306,6 +305,8 @@ class SplitRule(LayoutRule):
         # of one channel has a code that does not vary, so its own code cannot say).
         bounds = [0, *itertools.accumulate(meta.shape[dim] for meta in value(node))]
         sizes = [int(cum[b]) - int(cum[a]) for a, b in zip(bounds, bounds[1:])]
+        if chunk_sizes(node, sum(sizes)) == sizes:
+            return  # chunk of the compact tensor gives the kept pieces: the code stays as it is
         node.kwargs = {}
         node.args = (source, sizes, dim)
         if node.op == "call_method":

@@ -64,7 +64,9 @@ class BatchNormRule:
         )
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        module = rw.gm.get_submodule(node.target)
+        self.fix_module(rw.gm.get_submodule(node.target))
+
+    def fix_module(self, module: nn.Module) -> None:
         source = module.weight if module.affine else module.running_mean
         if source is not None:
             module.num_features = source.shape[0]

@@ -104,7 +104,9 @@ class PReLURule(PointwiseRule):
                 ctx.add_slot(qualified(str(node.target), "weight"), 0, ids.raw_ids(line), writes=False)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        module = rw.gm.get_submodule(node.target)
+        self.fix_module(rw.gm.get_submodule(node.target))
+
+    def fix_module(self, module: nn.Module) -> None:
         module.num_parameters = module.weight.shape[0]
 
 

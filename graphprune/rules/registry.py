@@ -8,7 +8,10 @@ A rule is an object with
   slots, unions and pins to the :class:`~graphprune.analysis.AnalysisContext`;
 - optionally ``rewrite(node, compact)``: fix what the node encodes about
   channel counts (module attributes, split sizes, view shapes) once the
-  compact model's parameters have been sliced.
+  compact model's parameters have been sliced;
+- optionally, for a module rule, ``fix_module(module)``: set the module's
+  size attributes (``in_channels``, ``num_features``, ...) from its sliced
+  tensors; this keeps a pruned copy of the user's own model consistent.
 
 Rules are registered for torch.nn module classes (``call_module``), Python
 callables (``call_function``) and method names (``call_method``). Adding
@@ -76,6 +79,15 @@ class RuleRegistry:
                 return None
         if node.op == "call_method":
             return self._methods.get(node.target)
+        return None
+
+    def module_rule(self, module: nn.Module) -> OpRule | None:
+        """The rule registered for ``module``'s class or its nearest base class,
+        whatever its forward (its size attributes are the base class's)."""
+        for cls in type(module).__mro__:
+            rule = self._modules.get(cls)
+            if rule is not None:
+                return rule
         return None
 
 

@@ -1,0 +1,121 @@
+"""Copies of models that share what they can: the compiler copies the
+user's model several times (to trace, to slice, to mask), and copying every
+weight each time would cost the model's size in memory and much of the time.
+
+- :func:`private_copy`: modules, buffers and attributes of its own, the
+  caller's parameters (the trace pass works on one);
+- :func:`owned_copy`: a private copy with every tensor its own (what the user
+  gets back: the compact and masked models);
+- :func:`light_copy`: a GraphModule whose modules have tables of their own
+  but share every tensor and attribute (the rewrite slices one);
+- :func:`own_tensors`: clone the tensors a copy still shares with another model.
+"""
+
+from __future__ import annotations
+
+import copy
+from itertools import chain
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose modules, attributes and buffers are its own,
+    but whose parameters are the caller's tensors.
+
+    Modules, their training flags and every other attribute are copied, so
+    ``eval()``, a frontend that switches a head to dynamic shapes, or a
+    forward that updates a buffer leave the caller's model alone. Parameter
+    tensors are shared (tied parameters stay tied): graphprune reads them and
+    never writes them (masking and slicing happen in copies)."""
+    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+
+    def clone(module: nn.Module) -> nn.Module:
+        # copy.deepcopy of every module object is slow (most of a small
+        # model's compile); plain attributes and empty hook tables need none.
+        if id(module) in memo:
+            return memo[id(module)]
+        new = object.__new__(type(module))
+        memo[id(module)] = new
+        state = new.__dict__
+        for key, value in module.__dict__.items():
+            if key == "_modules":
+                state[key] = {k: None if m is None else clone(m) for k, m in value.items()}
+            elif key == "_parameters":
+                state[key] = dict(value)
+            elif _immutable(value):
+                state[key] = value
+            elif isinstance(value, dict) and not value:
+                state[key] = type(value)()
+            elif isinstance(value, nn.Module):
+                state[key] = clone(value)
+            else:
+                state[key] = copy.deepcopy(value, memo)
+        return new
+
+    return clone(model)
+
+
+IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
+
+
+def _immutable(value: Any) -> bool:
+    return isinstance(value, IMMUTABLE) or (type(value) is tuple and all(_immutable(v) for v in value))
+
+
+def owned_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with modules, attributes and tensors of its own (tied tensors stay tied)."""
+    out = private_copy(model)
+    own_tensors(out, model)
+    return out
+
+
+def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` with modules of its own
+    but its parameters and buffers shared, not copied: most are about to be
+    replaced by slices, so copying them would only raise peak memory and
+    time. Each module is copied shallowly with its own parameter, buffer and
+    submodule tables (so setting an attribute or replacing a tensor in the
+    copy leaves ``gm`` alone); the graph is copied with node metadata shared
+    (read, never changed). Call :func:`own_tensors` before changing any
+    tensor in place, and ``recompile()`` before running it (its code is
+    generated once, after the rewrite)."""
+    clones: dict[int, nn.Module] = {}
+
+    def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
+        if id(module) not in clones:
+            new = object.__new__(cls or type(module))
+            clones[id(module)] = new
+            state = new.__dict__
+            state.update(module.__dict__)  # Module.__setattr__ bookkeeping is not needed here
+            state["_parameters"] = dict(module._parameters)
+            state["_buffers"] = dict(module._buffers)
+            state["_modules"] = {k: None if m is None else clone(m) for k, m in module._modules.items()}
+        return clones[id(module)]
+
+    out = clone(gm, type(type(gm).__name__, (fx.GraphModule,), {}))  # a class of its own: its own forward
+    graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
+    graph.owning_module = out
+    out.__dict__.update(_graph=graph, meta=dict(gm.meta))
+    return out
+
+
+def own_tensors(gm: nn.Module, other: nn.Module) -> None:
+    """Clone every parameter or buffer ``gm`` still shares with ``other`` (tied
+    tensors stay tied), so training one never changes the other."""
+    shared = {id(t) for t in chain(other.parameters(), other.buffers())}
+    clones: dict[int, torch.Tensor] = {}
+    for module in gm.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or id(tensor) not in shared:
+                    continue
+                if id(tensor) not in clones:
+                    clone = tensor.detach().clone()
+                    if isinstance(tensor, nn.Parameter):
+                        clone = nn.Parameter(clone, requires_grad=tensor.requires_grad)
+                    clones[id(tensor)] = clone
+                table[name] = clones[id(tensor)]

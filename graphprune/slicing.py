@@ -1,0 +1,104 @@
+"""Slicing a model's tensors to the channels a plan keeps.
+
+:func:`compact_tensors` is what the rewrite pass does to the traced graph and
+the apply pass to the user's model: every parameter and buffer indexed by
+channels is cut to the kept channels (tied tensors stay tied), and where a
+layer zeroed a channel that the union keeps (per-layer mode), the kept copy
+is zeroed too, so the compact model computes what the masked model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .copying import light_copy
+from .masks import FILTER_KINDS, keep_masks
+from .plan import PruningPlan
+from .tensors import get_tensor, retie, set_tensor, split_target
+
+
+def has_tensor(model: nn.Module, target: str, modules: dict[str, nn.Module]) -> bool:
+    owner, attr = split_target(target)
+    return isinstance(getattr(modules.get(owner), attr, None), torch.Tensor)
+
+
+def compact_tensors(model: nn.Module, plan: PruningPlan, mask_bn: bool = True) -> dict[tuple[str, int], torch.Tensor]:
+    """Slice ``model``'s tensors in place to ``plan``'s kept channels and zero
+    what a layer dropped but the union keeps; returns the kept indices per
+    (tensor name, dim) sliced. ``mask_bn=False``: only filters are zeroed
+    (the paper's "without BN masking")."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    masks = keep_masks(model, plan.channels, plan.raw_dropped, None if mask_bn else FILTER_KINDS)
+    sliced = slice_parameters(model, plan, modules)
+    zero_dropped(model, masks, sliced, modules)
+    return sliced
+
+
+def masked_graph(graph: fx.GraphModule, plan: PruningPlan, mask_bn: bool = True) -> fx.GraphModule:
+    """The traced graph with the plan's masks multiplied in (new tensors where
+    masked; the rest shared): the masked model in graph form, for running
+    node by node (verification's search for a diverging node, the fold pass)."""
+    gm = light_copy(graph)
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    done: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for target, keep in keep_masks(gm, plan.channels, plan.raw_dropped, None if mask_bn else FILTER_KINDS).items():
+            tensor = get_tensor(gm, target, modules)
+            if id(tensor) not in done:
+                done[id(tensor)] = tensor * keep
+            set_tensor(gm, target, done[id(tensor)], modules)
+    gm.recompile()
+    return gm.eval()
+
+
+def slice_parameters(gm: nn.Module, plan: PruningPlan,
+                     modules: dict[str, nn.Module]) -> dict[tuple[str, int], torch.Tensor]:
+    """Slice every slot's tensor to its kept indices; returns those indices
+    per (tensor name, dim) that was sliced. Tensors ``gm`` does not have (a
+    train-mode branch the eval graph does not call) are left out."""
+    # Names of one tensor (tied weights) get one sliced tensor back, still tied.
+    names_of: dict[int, list[str]] = {}
+    dims_of: dict[str, set[int]] = {}
+    for slot in plan.channels.slots:
+        if has_tensor(gm, slot.target, modules):
+            dims_of.setdefault(slot.target, set()).add(slot.dim)
+    for target in dims_of:
+        names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
+    sliced: dict[tuple[str, int], torch.Tensor] = {}
+    raw_kept = plan.class_kept[plan.channels.class_of]  # once, not per slot
+    with torch.no_grad():
+        for slot in plan.channels.slots:
+            keep = raw_kept[slot.ids]
+            if slot.target not in dims_of or bool(keep.all()):
+                continue
+            index = keep.nonzero().flatten()
+            tensor = get_tensor(gm, slot.target, modules)
+            set_tensor(gm, slot.target, tensor.index_select(slot.dim, index), modules)
+            sliced[(slot.target, slot.dim)] = index
+    for names in names_of.values():
+        for other in names[1:]:
+            if dims_of[other] == dims_of[names[0]]:
+                retie(gm, other, get_tensor(gm, names[0], modules))
+    return sliced
+
+
+def zero_dropped(gm: nn.Module, masks: dict[str, torch.Tensor],
+                 sliced: dict[tuple[str, int], torch.Tensor], modules: dict[str, nn.Module]) -> None:
+    """After slicing, multiply each tensor by its mask sliced alike: what is
+    left to zero are channels a layer dropped but the union keeps (per-layer
+    mode). Out of place (a tensor may still be the caller's); tied tensors
+    stay tied."""
+    done: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for target, keep in masks.items():
+            for dim in range(keep.ndim):
+                if keep.shape[dim] > 1 and (target, dim) in sliced:
+                    keep = keep.index_select(dim, sliced[(target, dim)])
+            if bool(keep.ne(0).all()):
+                continue
+            tensor = get_tensor(gm, target, modules)
+            if id(tensor) not in done:
+                done[id(tensor)] = tensor * keep
+            set_tensor(gm, target, done[id(tensor)], modules)

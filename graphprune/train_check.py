@@ -1,0 +1,125 @@
+"""Running two models in training mode on the same batch, to compare them.
+
+In training mode BatchNorm normalises with the batch's statistics and
+updates its running ones, and heads return their training outputs (a
+detector's feature maps, Inception's auxiliary logits). The compact model
+must do what the masked model does there too: the same outputs and, sliced
+to the kept channels, the same running statistics afterwards.
+
+Dropout is switched off for the run (it draws different random numbers for
+tensors of different widths, so no two models of different widths could
+agree); every other random draw (stochastic depth draws per sample) sees the
+same seed in both runs. The run is in float64: BatchNorm in training mode
+divides by the standard deviation of a few values per channel (a batch of 2
+at 1x1 resolution deep in a network), which turns float32 round-off into
+errors far above any tolerance; in float64 what is left is the arithmetic,
+which is what the check is about. float32 -> float64 -> float32 is exact, so
+the models' tensors, modes, buffers and the global random state are as they
+were afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .numerics import compare, fresh_copy
+from .plan import PruningPlan
+
+DROPOUT_FUNCTIONS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
+TORCH_DROPOUTS = ("dropout", "alpha_dropout", "feature_alpha_dropout", "feature_dropout")
+
+
+def _identity(input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return input
+
+
+@contextlib.contextmanager
+def without_dropout() -> Iterator[None]:
+    saved = [(F, name, getattr(F, name)) for name in DROPOUT_FUNCTIONS if hasattr(F, name)]
+    saved += [(torch, name, getattr(torch, name)) for name in TORCH_DROPOUTS if hasattr(torch, name)]
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, _identity)
+        yield
+    finally:
+        for owner, name, function in saved:
+            setattr(owner, name, function)
+
+
+@contextlib.contextmanager
+def training_run(*models: nn.Module) -> Iterator[None]:
+    """The models in training mode and float64, without dropout, under
+    no_grad; their modes, dtypes and buffers restored afterwards."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    tensors = list({id(t): t for model in models for t in (*model.parameters(), *model.buffers())}.values())
+    saved = [(t, t.detach().clone()) for t in tensors]
+    try:
+        with torch.no_grad():
+            for t in tensors:
+                if t.is_floating_point():
+                    t.data = t.data.double()
+        for model in models:
+            model.train()
+        with torch.no_grad(), without_dropout():
+            yield
+    finally:
+        with torch.no_grad():
+            for t, copy in saved:
+                t.data = copy
+        for module, training in modes:
+            module.training = training
+
+
+def train_batch(example: tuple, seed: int) -> tuple:
+    """Random inputs like the example's, with a batch of at least 2
+    (BatchNorm in training mode needs more than one value per channel)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for x in example:
+        if isinstance(x, torch.Tensor) and x.ndim > 0:
+            shape = (max(2, x.shape[0]), *x.shape[1:])
+            out.append(torch.randn(shape, generator=g, dtype=torch.float64) if x.is_floating_point()
+                       else x[torch.arange(shape[0]) % x.shape[0]])
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def sliced_buffer(plan: PruningPlan, kept: dict[tuple[str, int], torch.Tensor], name: str,
+                  tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (a buffer of the masked model) at the compact model's indices."""
+    for dim in range(tensor.ndim):
+        index = kept.get((name, dim))
+        if index is not None:
+            tensor = tensor.index_select(dim, index)
+    return tensor
+
+
+def compare_in_training(masked: nn.Module, compact: nn.Module, plan: PruningPlan, batch: tuple,
+                        seed: int) -> tuple[float, float, str]:
+    """(max abs, max rel error, what differed most) of one training-mode
+    forward of both models on ``batch``: the outputs, then every buffer."""
+    kept = {(s.target, s.dim): plan.kept(s.ids).nonzero().flatten()
+            for s in plan.channels.slots if not bool(plan.kept(s.ids).all())}
+    with training_run(masked, compact), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        expected = masked(*fresh_copy(batch))
+        torch.manual_seed(seed)
+        got = compact(*fresh_copy(batch))
+        worst = (*compare(expected, got), "outputs")
+        theirs = dict(masked.named_buffers())
+        for name, buffer in compact.named_buffers():
+            if name in theirs and buffer.is_floating_point():
+                # Running statistics near zero (a mean of a channel that is almost
+                # dead) carry round-off far above their size; what they do to an
+                # output is relative to sqrt(var + eps), so 1e-3 is their floor.
+                err, rel = compare(sliced_buffer(plan, kept, name, theirs[name]), buffer, floor=1e-3)
+                if rel > worst[1]:
+                    worst = (err, rel, f"buffer {name}")
+    return worst
