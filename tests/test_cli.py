@@ -1,33 +1,82 @@
-"""The real console script, in a subprocess: outputs, exit codes, one-line errors."""
+"""The command line: outputs, exit codes, one-line errors.
+
+Most tests call ``graphprune.cli.main`` in this process, through the ``cli``
+fixture: a subprocess re-imports torch (about 4 s each). The slow tier
+(``-m slow``) runs the same tests again through the real console script in a
+subprocess (there, a one-line error is the whole stderr of a real process,
+import-time warnings included). The console script itself runs in a
+subprocess in the default tier too, where what a real process prints is what
+is checked: ``--help`` and JSON on stdout.
+"""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 import torchvision
 
+from graphprune.cli import main
+
 SCRIPT = shutil.which("graphprune", path=os.path.dirname(sys.executable)) or "graphprune"
 
 
-def run(*args, cwd):
+def run_script(*args, cwd):
+    """The console script in a subprocess: (exit code, stdout, stderr)."""
     done = subprocess.run([SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout, done.stderr
 
 
+def fresh_interpreter_warning_filters() -> None:
+    """The warning filters of a plain ``python`` process (no -W, no dev mode)."""
+    warnings.resetwarnings()
+    warnings.filterwarnings("ignore", category=ResourceWarning)
+    warnings.filterwarnings("ignore", category=ImportWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+
+
+def run_in_process(capfd, *args):
+    """``main(args)`` here, as the console script would run it: (exit code,
+    stdout, stderr). Output is captured at the file descriptors, so what C
+    code prints counts too; warnings a plain process would print to stderr
+    are added to stderr (pytest would otherwise collect them quietly)."""
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        fresh_interpreter_warning_filters()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse exits on --help and on malformed arguments
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capfd.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+    return code, out, err
+
+
+@pytest.fixture(params=["in-process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def cli(request, tmp_path, monkeypatch, capfd):
+    """Runs the command line in ``tmp_path``: ``code, out, err = cli(*args)``."""
+    if request.param == "subprocess":
+        return lambda *args: run_script(*args, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: run_in_process(capfd, *args)
+
+
 def test_help_lists_commands_and_examples(tmp_path):
-    code, out, _ = run("--help", cwd=tmp_path)
+    code, out, _ = run_script("--help", cwd=tmp_path)
     assert code == 0
     assert "prune" in out and "inspect" in out and "bench" in out and "examples:" in out
 
 
-def test_prune_writes_onnx_saved_model_and_report(tmp_path):
-    code, out, err = run(
+def test_prune_writes_onnx_saved_model_and_report(cli, tmp_path):
+    code, out, err = cli(
         "prune", "resnet18", "--input-shape", "1,3,32,32", "--ratio", "0.5",
-        "-o", "r18.onnx", "--save", "r18", "--report", "report.json", "--no-latency", cwd=tmp_path,
+        "-o", "r18.onnx", "--save", "r18", "--report", "report.json", "--no-latency",
     )
     assert code == 0, err
     assert (tmp_path / "r18.onnx").stat().st_size > 0
@@ -40,7 +89,9 @@ def test_prune_writes_onnx_saved_model_and_report(tmp_path):
 
 
 def test_prune_json_goes_to_stdout(tmp_path):
-    code, out, err = run("prune", "squeezenet1_1", "--input-shape", "1,3,32,32", "--json", "--no-latency", cwd=tmp_path)
+    # a real process: nothing but the JSON document may reach its stdout
+    code, out, err = run_script("prune", "squeezenet1_1", "--input-shape", "1,3,32,32", "--json", "--no-latency",
+                                cwd=tmp_path)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["flops"]["after"] < doc["flops"]["before"]
@@ -64,28 +115,27 @@ def one_line_error(code, out, err, match):
     ],
     ids=["ratio-1.5", "ratio-negative", "bad-shape", "missing-weights"],
 )
-def test_bad_arguments_fail_with_one_line_and_write_nothing(tmp_path, args, match):
-    code, out, err = run("prune", "resnet18", "--input-shape", "1,3,32,32", *args, "-o", "x.onnx",
-                         "--save", "saved", "--no-latency", cwd=tmp_path)
+def test_bad_arguments_fail_with_one_line_and_write_nothing(cli, tmp_path, args, match):
+    code, out, err = cli("prune", "resnet18", "--input-shape", "1,3,32,32", *args, "-o", "x.onnx",
+                         "--save", "saved", "--no-latency")
     one_line_error(code, out, err, match)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "saved").exists()
 
 
-def test_unknown_model_name_suggests_close_ones(tmp_path):
-    code, out, err = run("prune", "resnet19", "--input-shape", "1,3,32,32", cwd=tmp_path)
+def test_unknown_model_name_suggests_close_ones(cli):
+    code, out, err = cli("prune", "resnet19", "--input-shape", "1,3,32,32")
     one_line_error(code, out, err, "unknown model 'resnet19'; did you mean")
 
 
-def test_weights_for_another_architecture_name_the_mismatch(tmp_path):
+def test_weights_for_another_architecture_name_the_mismatch(cli, tmp_path):
     torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), tmp_path / "r34.pt")
-    code, out, err = run("prune", "resnet18", "--weights", "r34.pt", "--input-shape", "1,3,32,32",
-                         "-o", "x.onnx", cwd=tmp_path)
+    code, out, err = cli("prune", "resnet18", "--weights", "r34.pt", "--input-shape", "1,3,32,32", "-o", "x.onnx")
     one_line_error(code, out, err, "do not fit ResNet: keys")
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_inspect_prints_groups_and_pin_reasons(tmp_path):
-    code, out, err = run("inspect", "resnet18", "--input-shape", "1,3,32,32", "--json", cwd=tmp_path)
+def test_inspect_prints_groups_and_pin_reasons(cli):
+    code, out, err = cli("inspect", "resnet18", "--input-shape", "1,3,32,32", "--json")
     assert code == 0, err
     groups = json.loads(out)["groups"]
     fc = next(g for g in groups if g["group"] == "fc")
@@ -94,15 +144,15 @@ def test_inspect_prints_groups_and_pin_reasons(tmp_path):
     assert "layer1.0.conv2" in stem["producers"] and stem["prunable"] == 64
 
 
-def test_pickled_checkpoint_needs_the_trust_flag(tmp_path):
+def test_pickled_checkpoint_needs_the_trust_flag(cli, tmp_path):
     (tmp_path / "best.pt").write_bytes(b"not really a checkpoint")
-    code, out, err = run("prune", "best.pt", "--input-shape", "1,3,64,64", cwd=tmp_path)
+    code, out, err = cli("prune", "best.pt", "--input-shape", "1,3,64,64")
     one_line_error(code, out, err, "pickled checkpoint: loading it runs code stored in the file. Pass --trust-checkpoint")
 
 
-def test_yolo_config_name_is_a_model(tmp_path):
+def test_yolo_config_name_is_a_model(cli):
     pytest.importorskip("ultralytics")
-    code, out, err = run("inspect", "yolov8n.yaml", "--input-shape", "1,3,64,64", "--json", cwd=tmp_path)
+    code, out, err = cli("inspect", "yolov8n.yaml", "--input-shape", "1,3,64,64", "--json")
     assert code == 0, err
     groups = {g["group"]: g for g in json.loads(out)["groups"]}
     assert groups["model.0.conv"]["prunable"] == 16

@@ -6,8 +6,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-import torchvision
-from helpers import calibrate
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 import graphprune
@@ -18,7 +16,9 @@ from graphprune.onnx_export import export_onnx
 from graphprune.onnx_latency import compare_latency, measure_latency
 from graphprune.passes import ExportPass, LatencyPass
 
-ZOO = ["resnet18", "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5", "convnext_tiny"]
+# densenet121, the largest graph here (about a third of this file's time), is in the slow tier.
+ZOO = ["resnet18", "mobilenet_v3_small", pytest.param("densenet121", marks=pytest.mark.slow),
+       "shufflenet_v2_x0_5", "convnext_tiny"]
 
 
 class Net(nn.Module):
@@ -43,13 +43,12 @@ def onnxruntime_output(path_or_session, x):
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-@pytest.fixture(scope="module", params=ZOO)
-def zoo_export(request, tmp_path_factory):
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 64, 64)
-    model = calibrate(getattr(torchvision.models, request.param)(num_classes=10), torch.randn(4, 3, 64, 64))
-    result = graphprune.prune(model, x, ratio=0.5)
-    folder = tmp_path_factory.mktemp(request.param)
+@pytest.fixture(scope="module")
+def zoo_export(zoo, tmp_path_factory):
+    # The model and its compile come from the session fixture `zoo`
+    # (conftest.py), shared with test_zoo.py.
+    result, x = zoo.compiled("per_layer"), zoo.x
+    folder = tmp_path_factory.mktemp(zoo.name)
     # The compact file takes the default path (dynamo); the dense one, only a
     # reference, the legacy exporter: both exporters meet every model, and
     # this file runs in about two thirds of the time.
@@ -58,6 +57,10 @@ def zoo_export(request, tmp_path_factory):
     return result, dense, compact, x
 
 
+zoo_models = pytest.mark.parametrize("zoo", ZOO, indirect=True)
+
+
+@zoo_models
 def test_onnxruntime_computes_what_pytorch_computes_at_any_batch(zoo_export):
     result, dense, compact, x = zoo_export
     for info, model in ((dense, result.state.graph), (compact, result.compact)):
@@ -74,6 +77,7 @@ def test_onnxruntime_computes_what_pytorch_computes_at_any_batch(zoo_export):
             assert expected.abs().max().item() > 1e-3  # outputs that vanish would make this check empty
 
 
+@zoo_models
 def test_compact_file_is_smaller_and_self_contained(zoo_export):
     _, dense, compact, _ = zoo_export
     assert compact.size_bytes < dense.size_bytes

@@ -2,6 +2,12 @@
 
 YOLO models are built from ultralytics' yaml configs (random weights, no
 download); torchvision's segmentation models include the aux classifier.
+
+Each model is built once and each setting compiled once (the module fixture
+``detector``), for every test below that reads it. The default tier compiles
+every model but yolov3.yaml in both settings and exports one compile of each
+model family to ONNX; the slow tier (``-m slow``) compiles yolov3.yaml, the
+largest (about a minute), and exports every other compile.
 """
 
 import os
@@ -22,6 +28,28 @@ YOLO = ["yolov3.yaml", "yolov3-tiny.yaml", "yolov5n.yaml", "yolov8n.yaml", "yolo
 SEGMENTATION = ["fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"]
 SETTINGS = [("per_layer", "l1", 0.5), ("group", "l2", 0.3)]
 
+# The exports in the default tier: a YOLO with the v3 head,
+# one with C3k2/C2PSA attention and the v8 box head (DFL), and a torchvision
+# segmenter with its aux classifier; both settings among them.
+DEFAULT_EXPORTS = {("yolov3-tiny.yaml", "group"), ("yolo11n.yaml", "per_layer"), ("fcn_resnet50", "per_layer")}
+SLOW = pytest.mark.slow
+
+
+class Detector:
+    """A model built once; ``compiled(mode)`` prunes it once per setting."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.model = build(name)
+        self.x = torch.randn(1, 3, 64, 64)
+        self._compiled = {}
+
+    def compiled(self, mode: str):
+        if mode not in self._compiled:
+            _, criterion, ratio = next(s for s in SETTINGS if s[0] == mode)
+            self._compiled[mode] = graphprune.prune(self.model, self.x, ratio=ratio, criterion=criterion, mode=mode)
+        return self._compiled[mode]
+
 
 def build(name: str) -> torch.nn.Module:
     with warnings.catch_warnings():
@@ -34,16 +62,29 @@ def build(name: str) -> torch.nn.Module:
     return calibrate(model, torch.randn(2, 3, 64, 64))
 
 
+@pytest.fixture(scope="module")
+def detector(request) -> Detector:
+    """The model named by indirect parametrisation, with its compiles."""
+    torch.manual_seed(0)  # the same weights whichever test builds it
+    return Detector(request.param)
+
+
 def shapes(out) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.parametrize("mode, criterion, ratio", SETTINGS, ids=[s[0] for s in SETTINGS])
-@pytest.mark.parametrize("name", YOLO + SEGMENTATION)
-def test_detector_or_segmenter_compiles_exact_smaller_and_exports(name, mode, criterion, ratio, tmp_path):
-    model = build(name)
-    x = torch.randn(1, 3, 64, 64)
-    result = graphprune.prune(model, x, ratio=ratio, criterion=criterion, mode=mode)
+def cases(slow):
+    """(detector, mode) parameters, each marked slow where ``slow(name, mode)``."""
+    return [
+        pytest.param(name, mode, id=f"{name}-{mode}", marks=[SLOW] if slow(name, mode) else [])
+        for name in YOLO + SEGMENTATION for mode, _, _ in SETTINGS
+    ]
+
+
+@pytest.mark.parametrize("detector, mode", cases(lambda name, mode: name == "yolov3.yaml"),
+                         indirect=["detector"], scope="module")
+def test_detector_or_segmenter_compiles_exact_and_smaller(detector, mode):
+    model, x, result = detector.model, detector.x, detector.compiled(mode)
     report = result.report
     assert report.frontend == "fx"  # graphprune's tracer follows ultralytics' forward (see graphprune.tracing)
     assert type(result.compact) is type(model) and list(result.compact.state_dict()) == list(model.state_dict())
@@ -53,14 +94,20 @@ def test_detector_or_segmenter_compiles_exact_smaller_and_exports(name, mode, cr
     with torch.no_grad():
         dense_out, compact_out = model(x), result.compact(x)
     assert shapes(compact_out) == shapes(dense_out)  # box, class, DFL and mask channels all kept
-    exported = graphprune.export_onnx(result.compact, x, tmp_path / "compact.onnx")
+
+
+@pytest.mark.parametrize("detector, mode", cases(lambda name, mode: (name, mode) not in DEFAULT_EXPORTS),
+                         indirect=["detector"], scope="module")
+def test_detector_or_segmenter_exports(detector, mode, tmp_path):
+    result = detector.compiled(mode)
+    exported = graphprune.export_onnx(result.compact, detector.x, tmp_path / "compact.onnx")
     assert exported.max_rel_error <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
-def test_yolo_heads_are_pinned_and_the_backbone_is_pruned(name):
-    model = build(name)
-    result = graphprune.prune(model, torch.randn(1, 3, 64, 64), ratio=0.5)
+@pytest.mark.parametrize("detector", ["yolov8n.yaml", "yolo11n.yaml"], indirect=True)
+def test_yolo_heads_are_pinned_and_the_backbone_is_pruned(detector):
+    model = detector.model
+    result = detector.compiled("per_layer")  # ratio 0.5, L1, as prune's defaults
     detect = len(model.model) - 1
     # the last conv of every box (cv2, into DFL's softmax) and class (cv3) branch, at every scale
     heads = [f"model.{detect}.{branch}.{scale}.2" for branch in ("cv2", "cv3") for scale in range(3)]

@@ -1,13 +1,11 @@
-"""Every torchvision CNN the core issue names compiles lossless and smaller."""
+"""Every torchvision CNN the core issue names compiles lossless and smaller.
 
-import warnings
+Models come from the session fixture ``zoo`` (conftest.py): each is built
+once, and each setting compiled once, for this file and test_export.py.
+"""
 
 import pytest
 import torch
-import torchvision
-from helpers import calibrate
-
-import graphprune
 
 ZOO = [
     "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg16_bn", "alexnet",
@@ -15,23 +13,13 @@ ZOO = [
     "mobilenet_v3_large", "mnasnet1_0", "efficientnet_b0", "shufflenet_v2_x1_0",
     "regnet_y_400mf", "convnext_tiny",
 ]
-SIZE = {"inception_v3": 96}
-
-
-def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    size = SIZE.get(name, 64)
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = torchvision.models.get_model(name, num_classes=10)
-    return calibrate(model, torch.randn(4, 3, size, size)), x
 
 
 @pytest.mark.parametrize("mode", ["per_layer", "group"])
-@pytest.mark.parametrize("name", ZOO)
-def test_zoo_model_compiles_exact_and_smaller(name, mode):
-    model, x = build(name)
-    result = graphprune.prune(model, x, ratio=0.5, criterion="l1", mode=mode)
+@pytest.mark.parametrize("zoo", ZOO, indirect=True)
+def test_zoo_model_compiles_exact_and_smaller(zoo, mode):
+    x = zoo.x
+    result = zoo.compiled(mode)
     report = result.report
     assert report.exact and report.max_rel_error <= 1e-4
     assert report.params_after < report.params_before
