@@ -90,4 +90,6 @@ class RewriteContext:
         if not isinstance(code, torch.Tensor) or code.shape[dim % code.ndim] == 1:
             return None
         along = self._along(code, dim % code.ndim)
+        if bool(along.all()):
+            return None
         return torch.cat([torch.zeros(1, dtype=torch.int64), along.cumsum(0)])

@@ -9,6 +9,7 @@ its first epoch, then resumed) and shared by the tests of the training path.
 """
 
 import copy
+import json
 import os
 import types
 
@@ -246,3 +247,23 @@ def test_masked_segmentation_model_trains_with_the_segmentation_trainer(tmp_path
     assert type(trained) is SegmentationModel and trained.task == "segment"
     assert len(gpu.channel_masks(trained)) == len(gpu.channel_masks(masked)) and gpu.mask_violations(trained) == []
     assert graphprune.reconstruct(trained).report.exact
+
+
+def test_command_line_prunes_a_checkpoint_and_fine_tunes_the_masked_one(data, tmp_path, capsys):
+    from graphprune.cli import main
+
+    best = gpu.save_checkpoint(yolov8n().eval(), tmp_path / "best.pt")  # a trained model, as ultralytics saves it
+    pruned, masked = tmp_path / "pruned.pt", tmp_path / "masked.pt"
+    assert main(["prune", str(best), "--trust-checkpoint", "--input-shape", "1,3,64,64", "-o", str(pruned),
+                 "--masked", str(masked), "--no-latency", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert parameters(YOLO(str(pruned)).model) == report["params"]["after"] < report["params"]["before"]
+    assert main(["finetune", str(masked), f"data={data}", "epochs=1"]) == 1  # a pickle needs the trust flag
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    args = [f"{k}={v}" for k, v in TRAIN.items()]
+    assert main(["finetune", str(masked), "--trust-checkpoint", f"data={data}", "epochs=1", f"project={tmp_path}",
+                 "name=masked", *args]) == 0
+    trained = YOLO(capsys.readouterr().out.strip().splitlines()[-1]).model
+    assert gpu.channel_masks(trained) and gpu.mask_violations(trained) == []
+    rebuilt = graphprune.reconstruct(trained)
+    assert rebuilt.report.exact and rebuilt.report.params_after == report["params"]["after"]

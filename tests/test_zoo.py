@@ -4,6 +4,8 @@ Models come from the session fixture ``zoo`` (conftest.py): each is built
 once, and each setting compiled once, for this file and test_export.py.
 """
 
+import io
+
 import pytest
 import torch
 
@@ -31,3 +33,25 @@ def test_zoo_model_compiles_exact_and_smaller(zoo, mode):
         expected, got = result.masked(fresh), result.compact(fresh)
     assert got.shape == expected.shape == (2, 10)
     assert (expected - got).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("zoo", ZOO, indirect=True)
+def test_zoo_compact_is_the_users_model_in_eval_and_training_mode(zoo):
+    model, result = zoo.model, zoo.compiled("per_layer")
+    for pruned in (result.compact, result.masked):
+        assert type(pruned) is type(model)
+        assert [n for n, _ in pruned.named_modules()] == [n for n, _ in model.named_modules()]
+        assert list(pruned.state_dict()) == list(model.state_dict())
+    assert "" not in result.report.replaced  # only blocks are ever rebuilt, never the model
+    check = result.report.verification
+    if zoo.name == "inception_v3":  # at 96 px its auxiliary head cannot run: tests/test_framework.py, at 299
+        assert "not checked" in check.train_note
+    else:
+        assert check.train_max_rel_error is not None and check.train_max_rel_error <= 1e-4
+    buffer = io.BytesIO()
+    torch.save(result.compact, buffer)  # what a framework's checkpoint does with a model
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(zoo.x), result.compact(zoo.x))

@@ -15,16 +15,20 @@ import sys
 
 from ..errors import GraphpruneError
 from .arguments import UsageError, build_parser
-from .commands import cmd_bench, cmd_inspect, cmd_prune
+from .commands import cmd_bench, cmd_finetune, cmd_inspect, cmd_prune
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 
-COMMANDS = {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench}
+COMMANDS = {"prune": cmd_prune, "inspect": cmd_inspect, "bench": cmd_bench, "finetune": cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "finetune":
+        args.train_args = extra  # ultralytics' key=value arguments, wherever they stand
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except GraphpruneError as exc:

@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   graphprune prune mobilenet_v3_large --target-latency 0.6
   graphprune prune mypkg.models:build_net --weights net.pt --input-shape 1,3,128,128 --save out/
   graphprune prune yolov8n.yaml --input-shape 1,3,640,640 -o yolov8n_pruned.onnx
+  graphprune prune best.pt --trust-checkpoint --input-shape 1,3,640,640 -o pruned.pt --masked masked.pt
+  graphprune finetune masked.pt --trust-checkpoint data=data.yaml epochs=10 imgsz=640
   graphprune inspect resnet50 --input-shape 1,3,64,64
   graphprune bench mobilenet_v3_large --ratio 0.3
   graphprune bench resnet18_pruned.onnx --input-shape 1,3,224,224
@@ -80,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     add_prune_arguments(p)
-    p.add_argument("-o", "--output", metavar="OUT.onnx", help="write the compact model as ONNX (checked on ONNX Runtime)")
+    p.add_argument("-o", "--output", metavar="OUT.onnx|OUT.pt",
+                   help="write the compact model as ONNX (checked on ONNX Runtime), or for an ultralytics model "
+                        "as a checkpoint that ultralytics.YOLO(OUT.pt) loads")
+    p.add_argument("--masked", metavar="OUT.pt",
+                   help="ultralytics models: also write the masked model (dropped channels held at zero) as a "
+                        "checkpoint, to fine-tune with `graphprune finetune` and reconstruct")
     p.add_argument("--save", metavar="DIR", help="save the compact model (plan.json + weights) to DIR")
     p.add_argument("--report", metavar="FILE.json", help="write the report as JSON")
     p.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
@@ -89,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME")
     p.add_argument("--all", action="store_true", help="list every group (default: the first 40)")
+
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune a pruned or masked ultralytics checkpoint "
+                       "with ultralytics' own trainer (the model is kept, never rebuilt dense)")
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="required: the checkpoint is pickled, and unpickling runs code from the file")
+    p.epilog = "Every other argument is one of ultralytics' train arguments: data=data.yaml epochs=10 imgsz=640 ..."
 
     p = sub.add_parser("bench", parents=[common], help="params, FLOPs and ONNX Runtime latency, dense vs pruned")
     p.add_argument("model", metavar="MODEL|FILE.onnx")

@@ -52,7 +52,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         with progress(not args.json) as step:
             result = prune(model, inputs, progress=step, **options)
             onnx = None
-            if args.output:
+            if args.output and not args.output.endswith(".pt"):
                 from ..onnx_export import export_onnx
 
                 step("export")
@@ -65,6 +65,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             from ..serialize import save
 
             save(result, outputs.stage(args.save))
+        write_checkpoints(args, result, outputs)
         document = report_document(result, latency, onnx, args.output)
         if args.report:
             outputs.stage(args.report).write_text(json.dumps(document, indent=2))
@@ -89,12 +90,40 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rows.append(["max error vs masked", "", f"{r.max_abs_error:.2e}", "exact" if r.exact else "NOT EXACT"])
     print_table(f"graphprune {args.model}: {setting(options)}, {args.criterion}, {options['mode']}",
                 ["", "dense", "pruned", "change"], rows)
-    for path in (args.output, args.save, args.report):
+    for path in (args.output, args.masked, args.save, args.report):
         if path:
             print(f"wrote {path}")
     for note in r.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def write_checkpoints(args: argparse.Namespace, result: PruneResult, outputs: Outputs) -> None:
+    """``-o pruned.pt`` / ``--masked masked.pt``: ultralytics checkpoints of the compact / masked model."""
+    wanted = [(path, model, keep) for path, model, keep in
+              ((args.output, result.compact, False), (args.masked, result.masked, True)) if path and path.endswith(".pt")]
+    if args.masked and not args.masked.endswith(".pt"):
+        raise UsageError(f"--masked writes an ultralytics checkpoint: give a .pt path, not {args.masked!r}")
+    if not wanted:
+        return
+    if not type(result.compact).__module__.startswith("ultralytics"):
+        raise UsageError("a .pt output is an ultralytics checkpoint, and this is not an ultralytics model; "
+                         "write ONNX with -o OUT.onnx, or the compact model with --save DIR")
+    from ..integrations.ultralytics import save_checkpoint
+
+    for path, model, keep in wanted:
+        save_checkpoint(model, outputs.stage(path), keep_masks=keep)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    if not args.trust_checkpoint:
+        raise UsageError(f"{args.model} is a pickled checkpoint: loading it runs code stored in the file. "
+                         "Pass --trust-checkpoint if you trust where it came from")
+    try:
+        from ..integrations.ultralytics import main as finetune
+    except ImportError:
+        raise UsageError("finetune needs ultralytics: pip install 'graphprune[yolo]'") from None
+    return finetune([args.model, *args.train_args])
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

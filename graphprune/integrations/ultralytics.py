@@ -206,7 +206,7 @@ def train(model_or_path: nn.Module | str | Path, callbacks: dict[str, list] | No
     return load_checkpoint(str(best))[0].requires_grad_(True)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> Path:
+def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False, keep_masks: bool = False) -> Path:
     """Save a pruned model as an ultralytics checkpoint that ``ultralytics.YOLO(path)`` loads as it is.
 
     The dict ultralytics' ``strip_optimizer`` writes (``model``, ``train_args``,
@@ -216,9 +216,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     shapes, exact zeros, no hooks; it can still be reconstructed): reconstruct
     it first to save the small one.
     ``half=True`` stores float16 as ultralytics does; the default keeps float32.
+    ``keep_masks=True`` keeps a masked model's mask hooks, so that training it
+    (:func:`train`, ``graphprune finetune``) holds the dropped channels at zero.
     """
     path, source = Path(path), unwrap_model(model)
-    model = _baked(source).eval()
+    model = (copy.deepcopy(source) if keep_masks else _baked(source)).eval()
     if hasattr(model, "criterion"):
         model.criterion = None
     model = model.half() if half else model.float()

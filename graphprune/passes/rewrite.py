@@ -47,6 +47,15 @@ def call_text(target: Any, args: tuple, kwargs: dict) -> str:
     return f"{name}({', '.join(parts)})"
 
 
+def _canonical(value: Any) -> Any:
+    """A call's arguments with lists as tuples: ``[b, 64, -1]`` and ``(b, 64, -1)`` are one call."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
 def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
                   modules_too: bool = True) -> dict[str, str]:
     """Let each node's rule fix its channel counts for ``plan``; returns the
@@ -65,7 +74,7 @@ def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
             continue  # no rule, or pinned: nothing about it changes
         before = (node.target, node.args, node.kwargs)
         rule.rewrite(node, rw)
-        if node.op != "call_module" and (node.target, node.args, node.kwargs) != before:
+        if node.op != "call_module" and _canonical((node.target, node.args, node.kwargs)) != _canonical(before):
             changed[node.name] = f"{call_text(*before)} becomes {call_text(node.target, node.args, node.kwargs)}"
     return changed
 

@@ -192,9 +192,17 @@ class ShapePass:
                 f"{first}. Pass inputs of the shape and dtype the model expects{dtype_hint(state)}."
             ) from exc
         if state.train_graph is not None:
-            try:  # its modules run as in eval mode here, which gives the same shapes and touches no statistic
+            # Its layers run as in eval mode here (they are the eval graph's), but code
+            # traced in training mode updates statistics itself (timm's norm layers call
+            # F.batch_norm with training=True): the buffers are put back afterwards.
+            buffers = [(b, b.clone()) for b in state.train_graph.buffers()]
+            try:
                 self.record(state.train_graph, state.example_inputs)
             except Exception as exc:
                 state.notes.append(f"the training-mode graph does not run on the example inputs "
                                    f"({first_line(exc)}): only the eval-mode graph was analysed")
                 state.train_graph = None
+            finally:
+                with torch.no_grad():
+                    for buffer, saved in buffers:
+                        buffer.copy_(saved)

@@ -97,6 +97,12 @@ def _graph_divergence(state: CompileState, inputs: tuple) -> str | None:
         where = _differs(node, masked.values, compact.values, rw, state)
         if where:
             return where
+    with torch.no_grad():
+        expected = state.masked(*fresh_copy(inputs))
+        model_ok = compare(expected, state.compact(*fresh_copy(inputs)))[1] <= state.config.tolerance
+    if model_ok:
+        return ("the compact model agrees, its traced graph (what ONNX export writes) does not: the traced "
+                "graph no longer computes what the model computes")
     replaced = f" (rebuilt: {', '.join(state.replaced)})" if state.replaced else ""
     return f"the compact graph agrees; the compact model of the user's class differs{replaced}"
 
