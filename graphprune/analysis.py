@@ -100,6 +100,8 @@ class ChannelGraph:
     slots: list[Slot]
     producers: list[Producer]
     graphs: dict[str, GraphCodes]
+    #: outputs outside the output contract (description -> code): their channels are not pinned
+    auxiliary: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def codes(self) -> dict[str, object]:
@@ -153,11 +155,12 @@ class AnalysisContext:
         self.slots: dict[tuple[str, int], Slot] = {}
         self.producers: dict[str, Producer] = {}
         self.graphs: dict[str, GraphCodes] = {}
+        self.auxiliary: dict[str, torch.Tensor] = {}
         self.walk("eval", gm)
 
     def walk(self, name: str, gm: fx.GraphModule) -> None:
         """From now on, rules analyse graph ``name`` (ids, slots and unions carry over)."""
-        self.gm = gm
+        self.gm, self.mode = gm, name
         # get_submodule walks the path through nn.Module.__getattr__ on every
         # call; rules ask for a node's module many times.
         self.modules: dict[str, torch.nn.Module] = dict(gm.named_modules(remove_duplicate=False))
@@ -278,6 +281,7 @@ class AnalysisContext:
             slots=list(self.slots.values()),
             producers=producers,
             graphs=self.graphs,
+            auxiliary=self.auxiliary,
         )
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from . import ids
+from .analysis import ChannelGraph
 from .budget import BudgetResult
 from .config import PruneConfig
 from .errors import ConfigError, ModelError
@@ -43,6 +45,10 @@ class Report:
     budget: BudgetResult | None = None
     #: modules of the compact model whose forward graphprune rebuilt: path -> why
     replaced: dict[str, str] = field(default_factory=dict)
+    #: produced channels pinned, per reason (what an output contract, an ignore, an unknown op costs)
+    pinned: dict[str, int] = field(default_factory=dict)
+    #: outputs outside the output contract that the compact model returns with fewer channels: before, after
+    reduced_outputs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
@@ -64,6 +70,12 @@ class Report:
         if self.budget is not None:
             lines.append(f"budget:   {self.budget}")
         lines += [f"rebuilt:  {path}: {why}" for path, why in self.replaced.items()]
+        if self.pinned:
+            top = sorted(self.pinned.items(), key=lambda kv: -kv[1])[:3]
+            lines.append(f"pinned:   {sum(self.pinned.values())} produced channels; most: "
+                         + "; ".join(f"{n} {why}" for why, n in top))
+        lines += [f"reduced:  {where} returns {a} of {b} channels (not in the output contract)"
+                  for where, (b, a) in self.reduced_outputs.items()]
         lines += [f"note:     {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -149,6 +161,8 @@ def prune(
     tolerance: float = 1e-4,
     seed: int = 0,
     frontend: str = "auto",
+    outputs: Any = None,
+    train_outputs: Any = None,
     pipeline: Pipeline | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
@@ -164,7 +178,9 @@ def prune(
         small = result.compact        # your model's class, smaller, in eval mode
 
     ``frontend`` is ``"auto"`` (torch.fx, then torch.export where fx fails),
-    ``"fx"`` or ``"export"``. The input model is not modified. See :class:`~graphprune.config.PruneConfig`
+    ``"fx"`` or ``"export"``. ``outputs`` names the outputs the compact model
+    must reproduce (default: what the model's source deploys, see
+    :mod:`graphprune.contract`); channels reaching only the others are pruned. The input model is not modified. See :class:`~graphprune.config.PruneConfig`
     for the options; ``pipeline`` runs a custom pass pipeline.
     """
     if not isinstance(model, nn.Module):
@@ -174,7 +190,7 @@ def prune(
         ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, ignore=_ignore_names(model, ignore),
         min_channels=min_channels, round_to=round_to, ratios=dict(ratios or {}), mask_bn=mask_bn,
         fold_constants=fold_constants, target_flops=target_flops, target_latency=target_latency, verify=verify,
-        tolerance=tolerance, seed=seed, frontend=frontend,
+        tolerance=tolerance, seed=seed, frontend=frontend, outputs=outputs, train_outputs=train_outputs,
     )
     check_finite(model)
     check_finite_inputs(inputs)
@@ -201,4 +217,32 @@ def build_report(state: CompileState) -> Report:
         notes=notes,
         budget=state.budget,
         replaced=dict(state.replaced),
+        pinned=pinned_by_reason(state.channels) if state.channels is not None else {},
+        reduced_outputs=reduced_outputs(state),
     )
+
+
+def pinned_by_reason(channels: ChannelGraph) -> dict[str, int]:
+    """Produced channels pinned, per reason."""
+    if not channels.producers:
+        return {}
+    reason = channels.reason_of[channels.class_of[torch.cat([p.ids for p in channels.producers])]]
+    counts = torch.bincount(reason[reason >= 0], minlength=len(channels.reasons)).tolist()
+    out: dict[str, int] = {}
+    for i, n in enumerate(counts):
+        if n:
+            out[channels.reasons[i]] = out.get(channels.reasons[i], 0) + n
+    return out
+
+
+def reduced_outputs(state: CompileState) -> dict[str, tuple[int, int]]:
+    """Outputs outside the contract that lose channels: (channels before, after)."""
+    if state.plan is None or state.channels is None:
+        return {}
+    out = {}
+    for where, code in state.channels.auxiliary.items():
+        raw = torch.unique(ids.raw_ids(code))
+        kept = int(state.plan.kept(raw).sum())
+        if kept < raw.numel():
+            out[where] = (raw.numel(), kept)
+    return out

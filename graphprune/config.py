@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
@@ -42,6 +43,11 @@ class PruneConfig:
       of a fixed ratio.
     - ``verify``: ``True`` checks compact == masked and raises on mismatch,
       ``"report"`` records the result only, ``False`` skips it.
+    - ``outputs`` / ``train_outputs``: the output contract in eval / training
+      mode (see :mod:`graphprune.contract`): ``None`` takes the model source's
+      default (ultralytics: what its ONNX export emits; torchvision segmenters:
+      ``out``; else every output), ``"all"`` every output, or an index, key,
+      path, list of those or a function picking from the output.
     """
 
     ratio: float = 0.5
@@ -60,6 +66,8 @@ class PruneConfig:
     tolerance: float = 1e-4
     seed: int = 0
     frontend: str = "auto"
+    outputs: Any = None
+    train_outputs: Any = None
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "ratio")

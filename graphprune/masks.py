@@ -35,6 +35,7 @@ from .tensors import split_target
 
 if TYPE_CHECKING:
     from .config import PruneConfig
+    from .contract import Contract
     from .plan import PruningPlan
 
 #: the attribute of a masked model's root that holds its :class:`CompileRecord`
@@ -52,6 +53,7 @@ class CompileRecord:
     config: PruneConfig
     example_inputs: tuple
     frontend: str | None
+    contract: Contract | None = None
 
 
 class KeepGrad:

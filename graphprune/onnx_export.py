@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
+from .contract import pick
 from .errors import ConfigError, ExportError, first_line
 from .numerics import as_inputs, compare
 from .onnx_latency import onnx_feed
@@ -83,6 +85,9 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "auto",
     tolerance: float = 1e-4,
+    outputs: tuple | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> OnnxExport:
     """Export ``model`` to ``path`` as ONNX, checked on ONNX Runtime.
 
@@ -105,6 +110,10 @@ def export_onnx(
     succeeds or ONNX Runtime's outputs differ from PyTorch's by more than
     ``tolerance``, absolute or relative to the output's largest magnitude
     (box coordinates in pixels carry float32 round-off above 1e-4).
+    ``outputs``: leaf paths of the model's output to export (the output
+    contract, ``result.state.contract.eval``; default all);
+    ``input_names`` / ``output_names``: the file's names (default ``input``,
+    ``output`` or ``output_0``, ``output_1``, ...).
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
@@ -124,8 +133,10 @@ def export_onnx(
 
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    exported = model if outputs is None else ContractOutputs(model, outputs)
     try:
-        return _export_checked(model, inputs, path, dynamic_batch, opset, exporter, tolerance)
+        return _export_checked(exported, inputs, path, dynamic_batch, opset, exporter, tolerance,
+                               (input_names, output_names))
     finally:
         for m, training in modes:
             m.training = training
@@ -139,15 +150,18 @@ def _export_checked(
     opset: int | None,
     exporter: str,
     tolerance: float,
+    names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
 ) -> OnnxExport:
     start = time.perf_counter()
     batches, expected = _reference_outputs(model, inputs, dynamic_batch)
+    input_names, output_names = names
     job = _Job(
         model=model,
         batches=batches,
         expected=expected,
-        input_names=("input",) if len(inputs) == 1 else tuple(f"input_{i}" for i in range(len(inputs))),
-        output_names=("output",)
+        input_names=tuple(input_names) if input_names else
+        ("input",) if len(inputs) == 1 else tuple(f"input_{i}" for i in range(len(inputs))),
+        output_names=tuple(output_names) if output_names else ("output",)
         if len(expected[0]) == 1
         else tuple(f"output_{i}" for i in range(len(expected[0]))),
         dynamic_batch=dynamic_batch,
@@ -185,6 +199,18 @@ def _export_checked(
         external_data=extra,
         fallback_reason=failures[0] if failures else None,
     )
+
+
+class ContractOutputs(nn.Module):
+    """``model`` returning only the outputs at ``paths`` (what is deployed)."""
+
+    def __init__(self, model: nn.Module, paths: tuple):
+        super().__init__()
+        self.model, self.paths = model, paths
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        picked = pick(self.model(*inputs), self.paths)
+        return picked[0] if len(picked) == 1 else tuple(picked)
 
 
 def _reference_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...],

@@ -28,6 +28,7 @@ from .errors import PipelineError
 if TYPE_CHECKING:
     from .analysis import ChannelGraph
     from .budget import BudgetResult
+    from .contract import Contract
     from .numerics import Verification
     from .plan import BiasFold, Group, PruningPlan
 
@@ -61,6 +62,7 @@ class CompileState:
     train_graph: fx.GraphModule | None = None
     frontend: str | None = None
     channels: ChannelGraph | None = None
+    contract: Contract | None = None
     groups: list[Group] | None = None
     scores: dict[str, torch.Tensor] | None = None
     plan: PruningPlan | None = None

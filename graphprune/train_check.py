@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .contract import pick
 from .numerics import compare, fresh_copy
 from .plan import PruningPlan
 
@@ -102,9 +103,10 @@ def sliced_buffer(plan: PruningPlan, kept: dict[tuple[str, int], torch.Tensor], 
 
 
 def compare_in_training(masked: nn.Module, compact: nn.Module, plan: PruningPlan, batch: tuple,
-                        seed: int) -> tuple[float, float, str]:
+                        seed: int, paths: tuple | None = None) -> tuple[float, float, str]:
     """(max abs, max rel error, what differed most) of one training-mode
-    forward of both models on ``batch``: the outputs, then every buffer."""
+    forward of both models on ``batch``: the outputs (those at ``paths``, if
+    given: the training-mode output contract), then every buffer."""
     kept = {(s.target, s.dim): plan.kept(s.ids).nonzero().flatten()
             for s in plan.channels.slots if not bool(plan.kept(s.ids).all())}
     with training_run(masked, compact), torch.random.fork_rng():
@@ -112,7 +114,7 @@ def compare_in_training(masked: nn.Module, compact: nn.Module, plan: PruningPlan
         expected = masked(*fresh_copy(batch))
         torch.manual_seed(seed)
         got = compact(*fresh_copy(batch))
-        worst = (*compare(expected, got), "outputs")
+        worst = (*compare(pick(expected, paths), pick(got, paths)), "outputs")
         theirs = dict(masked.named_buffers())
         for name, buffer in compact.named_buffers():
             if name in theirs and buffer.is_floating_point():

@@ -73,8 +73,8 @@ def reconstruct(
     pipeline = Pipeline.default()
     pipeline.until("shapes").run(state)  # traced again: the same code gives the same node names
     check_same_graphs(state, record)
-    state.channels, state.groups, state.plan, state.masked = (
-        record.plan.channels, record.plan.groups, record.plan, trained)
+    state.channels, state.groups, state.plan, state.masked, state.contract = (
+        record.plan.channels, record.plan.groups, record.plan, trained, record.contract)
     # The compile from the rewrite on, but the masked model is the trained one.
     pipeline.since("rewrite").remove("mask").run(state)
     return PruneResult(state.compact, trained, state.plan, build_report(state), state)

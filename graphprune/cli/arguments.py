@@ -63,6 +63,10 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels per group a multiple of N")
     p.add_argument("--min-channels", type=int, default=1, metavar="N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outputs", nargs="+", default=None, metavar="OUT",
+                   help="the outputs the compact model must reproduce: indices, keys or dotted paths "
+                        "(0, out, 1.feats.0) or 'all' (default: what the model's source deploys; "
+                        "ultralytics: the predictions)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_selector(items: list[str] | None) -> object:
+    """``--outputs 0 out 1.feats.0`` as a contract selector (digits are indices)."""
+    if not items:
+        return None
+    if items == ["all"]:
+        return "all"
+
+    def key(text: str) -> int | str:
+        return int(text) if text.lstrip("-").isdigit() else text
+
+    return [tuple(key(k) for k in item.split(".")) for item in items]
+
+
 def _targets(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(args, name) for name in ("target_flops", "target_latency") if getattr(args, name) is not None}
 
@@ -129,6 +146,7 @@ def prune_options(args: argparse.Namespace) -> dict:
         if args.ratio is not None:
             raise UsageError(f"give --ratio or {flag}, not both: the target decides how much is pruned")
     options = dict(
+        outputs=output_selector(args.outputs),
         ratio=0.5 if args.ratio is None else args.ratio, criterion=args.criterion,
         mode=args.mode or ("global" if targets else "per_layer"), coupling=args.coupling,
         ignore=tuple(args.ignore), round_to=args.round_to, min_channels=args.min_channels, seed=args.seed,

@@ -28,8 +28,9 @@ def latency_rows(result: PruneResult, workdir: Path, runs: int = 20, threads: in
     from ..onnx_latency import compare_latency
 
     x = result.state.example_inputs
-    dense = export_onnx(result.state.graph, x, workdir / "dense.onnx")
-    compact = compact or export_onnx(result.compact, x, workdir / "compact.onnx")
+    options = deployed(result)  # both files with the same outputs
+    dense = export_onnx(result.state.graph, x, workdir / "dense.onnx", **options)
+    compact = compact or export_onnx(result.compact, x, workdir / "compact.onnx", **options)
     timed = compare_latency(dense.path, compact.path, x, runs=runs, threads=threads)
     return {
         "dense_ms": timed.dense.median_ms,
@@ -56,7 +57,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 from ..onnx_export import export_onnx
 
                 step("export")
-                onnx = export_onnx(result.compact, inputs, outputs.stage(args.output))
+                onnx = export_onnx(result.compact, inputs, outputs.stage(args.output), **deployed(result))
             latency = None
             if not args.no_latency:
                 step("latency")
@@ -95,7 +96,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     for note in r.notes:
         print(f"note: {note}", file=sys.stderr)
+    for where, (before, after) in r.reduced_outputs.items():
+        print(f"note: {where} is not in the output contract: {before} -> {after} channels", file=sys.stderr)
+    for path, why in r.replaced.items():
+        print(f"note: rebuilt {path}: {why}", file=sys.stderr)
     return 0
+
+
+def deployed(result: PruneResult) -> dict:
+    """What an ONNX file holds: the contract's outputs, under ultralytics' own
+    names for an ultralytics model (``images`` -> ``output0``, ``output1``),
+    so deployment code written for ``YOLO.export(format="onnx")`` runs unchanged."""
+    from ..contract import is_ultralytics
+
+    paths = result.state.contract.eval if result.state.contract is not None else None
+    options: dict = {"outputs": paths}
+    if is_ultralytics(result.compact) and paths is not None:
+        options.update(input_names=("images",), output_names=tuple(f"output{i}" for i in range(len(paths))))
+    return options
 
 
 def write_checkpoints(args: argparse.Namespace, result: PruneResult, outputs: Outputs) -> None:

@@ -101,6 +101,9 @@ def report_document(result: PruneResult, latency: dict | None, onnx: OnnxExport 
         },
         "channels": {"before": result.plan.channels_before, "after": result.plan.channels_after},
         "budget": budget_document(r.budget),
+        "replaced": r.replaced,
+        "pinned_channels": r.pinned,
+        "reduced_outputs": {k: {"before": b, "after": a} for k, (b, a) in r.reduced_outputs.items()},
         "timings_s": r.timings,
         "notes": r.notes,
     }

@@ -8,6 +8,7 @@ The result, ``state.channels``, is a :class:`~graphprune.analysis.ChannelGraph`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import operator
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from .. import ids
 from ..analysis import AnalysisContext
+from ..contract import Contract, defaults, describe, leaves, resolve
 from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
@@ -112,6 +114,10 @@ class ChannelAnalysisPass:
             ctx.walk("train", state.train_graph)
             self.walk(state.train_graph, ctx, state)
             graphs.append(state.train_graph)
+        if state.train_graph is None and state.contract is not None:  # training mode computes the same
+            train = state.config.train_outputs
+            state.contract = dataclasses.replace(
+                state.contract, train=state.contract.eval if train is None else resolve(train, self.eval_structure))
         tie_shared_tensors(ctx, graphs)
         ignored = resolve_ignore(gm, tuple(state.config.ignore), state.model)
         for slot in ctx.slots.values():
@@ -137,8 +143,7 @@ class ChannelAnalysisPass:
         if node.op == "get_attr":
             return self.attribute(node, ctx)
         if node.op == "output":
-            reason = "reaches the model output"
-            fx.node.map_arg(node.args, lambda n: self._pin_all(ctx, ctx.code(n), reason))
+            self.outputs(node, ctx, state)
             return None
         if not has_tensor(value(node)):
             return None
@@ -166,9 +171,36 @@ class ChannelAnalysisPass:
         parameters = getattr(rule, "parameters", None)
         return parameters is not None and attribute in parameters(user)
 
-    @staticmethod
-    def _pin_all(ctx: AnalysisContext, code: Any, reason: str) -> None:
-        fx.node.map_aggregate(code, lambda c: ctx.pin_code(c, reason) if c is not None and hasattr(c, "ndim") else c)
+    def outputs(self, node: fx.Node, ctx: AnalysisContext, state: CompileState) -> None:
+        """Pin what reaches an output of the contract; note the other outputs."""
+        structure = fx.node.map_arg(node.args[0], value)
+        paths = self.contract(state, ctx.mode, structure)
+        for path, code in leaves(fx.node.map_arg(node.args[0], ctx.code)):
+            if not isinstance(code, torch.Tensor):
+                continue
+            if paths is None or path in paths:
+                ctx.pin_code(code, "reaches the model output")
+            else:
+                ctx.auxiliary[describe(path) + (" in training mode" if ctx.mode == "train" else "")] = code
+
+    def contract(self, state: CompileState, mode: str, structure: Any) -> tuple | None:
+        """The contract's leaf paths for ``mode`` (see :mod:`graphprune.contract`)."""
+        config = state.config
+        if mode == "eval":
+            self.eval_structure = structure
+            selector = config.outputs if config.outputs is not None else defaults(state.model, structure)[0]
+            paths = resolve(selector, structure)
+        elif config.train_outputs is not None:
+            paths = resolve(config.train_outputs, structure)
+        elif config.outputs is None:
+            paths = resolve(defaults(state.model, self.eval_structure)[1], structure)
+        else:  # the eval contract, where it names training outputs too; else every one
+            try:
+                paths = resolve(config.outputs, structure)
+            except ConfigError:
+                paths = None
+        state.contract = dataclasses.replace(state.contract or Contract(), **{mode: paths})
+        return paths
 
     def attribute(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         """A parameter or buffer read in ``forward`` (ConvNeXt's layer scale, a

@@ -11,6 +11,8 @@ carries a :class:`~graphprune.masks.CompileRecord`, which
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..copying import owned_copy
@@ -28,8 +30,12 @@ class MaskPass:
         masked.__dict__.pop(RECORD_ATTR, None)
         kinds = None if state.config.mask_bn else FILTER_KINDS
         apply_masks(masked, keep_masks(masked, state.channels, state.plan.raw_dropped, kinds))
+        contract = state.contract
+        config = dataclasses.replace(  # the resolved contract: a selector function need not pickle
+            state.config, outputs="all" if contract is None or contract.eval is None else list(contract.eval),
+            train_outputs="all" if contract is None or contract.train is None else list(contract.train))
         masked.__dict__[RECORD_ATTR] = CompileRecord(
-            state.plan, state.config, tuple(x.clone() if isinstance(x, torch.Tensor) else x
-                                            for x in state.example_inputs), state.frontend,
+            state.plan, config, tuple(x.clone() if isinstance(x, torch.Tensor) else x
+                                      for x in state.example_inputs), state.frontend, contract,
         )
         state.masked = masked.eval()

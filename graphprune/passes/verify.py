@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..contract import pick
 from ..errors import VerificationError, first_line
 from ..numerics import Verification, compare, fresh_copy, input_batches
 from ..pipeline import CompileState
@@ -154,15 +155,16 @@ class VerifyPass:
     def eval_check(state: CompileState, batches: list[tuple]) -> tuple[float, float, tuple | None]:
         worst_abs = worst_rel = 0.0
         failing = None
+        paths = state.contract.eval if state.contract is not None else None
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                expected = state.masked(*fresh_copy(batch))
+                expected = pick(state.masked(*fresh_copy(batch)), paths)
                 # the user's-class model on every batch; its graph form (what ONNX export
                 # writes; the same arithmetic, so one batch) on the example
                 models = [state.compact] + ([state.compact_graph] if state.compact_graph is not None and i == 0 else [])
                 for model in models:
                     try:
-                        err, rel = compare(expected, model(*fresh_copy(batch)))
+                        err, rel = compare(expected, pick(model(*fresh_copy(batch)), paths))
                     except Exception as exc:  # the compact model itself is broken
                         err = rel = float("inf")
                         state.notes.append(f"the compact model fails to run: {first_line(exc)}")
@@ -175,7 +177,9 @@ class VerifyPass:
     def train_check(state: CompileState) -> tuple[float, float | None, str]:
         batch = train_batch(state.example_inputs, state.config.seed + 7)
         try:
-            err, rel, what = compare_in_training(state.masked, state.compact, state.plan, batch, state.config.seed)
+            paths = state.contract.train if state.contract is not None else None
+            err, rel, what = compare_in_training(state.masked, state.compact, state.plan, batch, state.config.seed,
+                                                 paths)
         except Exception as exc:
             return 0.0, None, f"training mode not checked: the model does not run in training mode on a " \
                               f"batch like the example ({first_line(exc)})"
