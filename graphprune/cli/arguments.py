@@ -17,14 +17,15 @@ EXAMPLES = """examples:
   graphprune prune yolov8n.yaml --input-shape 1,3,640,640 -o yolov8n_pruned.onnx
   graphprune prune best.pt --trust-checkpoint --input-shape 1,3,640,640 -o pruned.pt --masked masked.pt
   graphprune finetune masked.pt --trust-checkpoint data=data.yaml epochs=10 imgsz=640
+  graphprune prune timm:efficientnet_b0 --weights my_finetuned.pt
   graphprune inspect resnet50 --input-shape 1,3,64,64
   graphprune bench mobilenet_v3_large --ratio 0.3
   graphprune bench resnet18_pruned.onnx --input-shape 1,3,224,224
 
-MODEL is a torchvision model name (random weights: nothing is downloaded), an
-ultralytics config such as yolov8n.yaml (random weights) or checkpoint (.pt,
-with --trust-checkpoint), or package.module:factory, a function that returns
-your nn.Module.
+MODEL is a torchvision model name (random weights: nothing is downloaded),
+timm:NAME for a timm model (random weights), an ultralytics config such as
+yolov8n.yaml (random weights) or checkpoint (.pt, with --trust-checkpoint), or
+package.module:factory, a function that returns your nn.Module.
 """
 
 

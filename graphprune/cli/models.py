@@ -39,11 +39,28 @@ def build_ultralytics(spec: str, trust_checkpoint: bool) -> nn.Module:
         raise UsageError(f"ultralytics cannot build {spec!r}: {first[:200]}") from None
 
 
+def build_timm(name: str) -> nn.Module:
+    """A timm model with random weights (``--weights`` loads yours)."""
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"timm:{name} needs timm: pip install 'graphprune[timm]'") from None
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise UsageError(f"unknown timm model {name!r}{hint}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return timm.create_model(name, pretrained=False).eval()
+
+
 def build_model(spec: str, trust_checkpoint: bool = False) -> nn.Module:
     """A torchvision model name, an ultralytics ``yolov8n.yaml`` / ``.pt``, or
     ``package.module:factory``."""
     if spec.endswith((".yaml", ".yml", ".pt")):
         return build_ultralytics(spec, trust_checkpoint)
+    if spec.startswith("timm:"):
+        return build_timm(spec.removeprefix("timm:"))
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,21 @@ def class_scores(state: CompileState) -> torch.Tensor:
     return total / count.clamp_min(1)
 
 
+def common_reasons(channels: ChannelGraph, count: int = 3) -> list[str]:
+    """The reasons that pin the most coupled channels, most first (one per
+    kind of cause: reasons that differ only in the node they name are one)."""
+    def kind(reason: str) -> str:
+        return re.sub(r"\(node [^)]*\)|'[^']*'", "", reason)
+
+    index = channels.reason_of[channels.reason_of > 0]
+    totals: dict[str, int] = {}
+    for i, n in enumerate(torch.bincount(index, minlength=len(channels.reasons)).tolist()):
+        if n:
+            totals[kind(channels.reasons[i])] = totals.get(kind(channels.reasons[i]), 0) + n
+    firsts = {kind(channels.reasons[i]): channels.reasons[i] for i in range(len(channels.reasons) - 1, 0, -1)}
+    return [firsts[k] for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:count]]
+
+
 def nothing_pruned(plan: PruningPlan, config: PruneConfig) -> str | None:
     """Why the plan drops no channel, if it drops none: the model is returned
     as it is (same size), and the user must be told, not left to guess."""
@@ -87,8 +103,7 @@ def nothing_pruned(plan: PruningPlan, config: PruneConfig) -> str | None:
         return ("nothing to prune: the model has no convolution or linear layer graphprune can slice "
                 "(the compact model is the input model, unchanged)")
     if not any(g.prunable for g in plan.groups):
-        reasons = sorted({r for g in plan.groups for r in g.reasons}, key=len)[:3]
-        return ("nothing to prune: every channel is pinned (" + "; ".join(reasons) + "), "
+        return ("nothing to prune: every channel is pinned (" + "; ".join(common_reasons(plan.channels)) + "), "
                 "so the compact model is the input model, unchanged; see the plan for each group")
     if config.ratio == 0 and not config.ratios:
         return "nothing pruned: ratio is 0 (the compact model is the input model, unchanged)"

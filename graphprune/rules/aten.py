@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from .. import ids
 from ..tensors import get_tensor, owner_of
-from .base import TensorMeta, argument, describe, value
+from .base import TensorMeta, argument, describe, opaque, tensor_args, value
 from .creating import ConvCall, conv_channels, linear_channels
 from .elementwise import ElementwiseRule, ProductRule, QuotientRule
 from .layout import ConcatRule, DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule, StackRule
@@ -61,7 +62,10 @@ def attribute(arg: Any) -> str | None:
 
 
 class AtenConvRule:
-    """aten.conv1d/2d/3d, aten.convolution, aten.conv_transpose*."""
+    """A conv called as a function on parameters read in forward:
+    aten.conv1d/2d/3d, aten.convolution, aten.conv_transpose* (an exported
+    graph) and F.conv1d/2d/3d, F.conv_transpose* (timm's ``Conv2dSame``, a
+    user's own layer)."""
 
     name = "conv"
     #: op -> (groups position, transposed position or a constant)
@@ -79,8 +83,10 @@ class AtenConvRule:
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         x, w, b = node.args[0], node.args[1], argument(node, 2, "bias")
         weight, bias = attribute(w), attribute(b)
-        if weight is None or (b is not None and bias is None) or not isinstance(value(x), TensorMeta):
+        if not isinstance(value(x), TensorMeta):
             return None
+        if weight is None or (b is not None and bias is None):
+            return computed_weight(node, ctx)
         groups_at, transposed = self._groups_position(node)
         groups = argument(node, groups_at, "groups", 1)
         shape = value(w).shape
@@ -94,8 +100,23 @@ class AtenConvRule:
             set_argument(node, groups_at, "groups", get_tensor(rw.gm, attribute(node.args[1])).shape[0])
 
 
+def computed_weight(node: fx.Node, ctx: AnalysisContext) -> Any:
+    """A layer whose weight is computed in forward (timm's StdConv2d standardises
+    it over each filter's inputs and kernel): slicing its inputs would change
+    what it computes its weight from, so what it reads and writes is kept."""
+    reason = (f"{describe(node)} (node {node.name}) computes its weight in forward (weight standardisation "
+              "or another reparametrisation): its input and output channels are kept")
+    for arg in tensor_args(node):
+        code = ctx.code(arg)
+        if isinstance(code, torch.Tensor):
+            ctx.pin_code(code, reason)
+    return opaque(node, ctx, reason)
+
+
 AtenConvRule.layouts = {
     **{op: (6, False) for op in ops("conv1d.default", "conv2d.default", "conv3d.default")},
+    **{op: (6, False) for op in (F.conv1d, F.conv2d, F.conv3d)},
+    **{op: (6, True) for op in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
     **{op: (8, 6) for op in ops("convolution.default")},
     **{op: (6, True) for op in ops("conv_transpose1d.input", "conv_transpose2d.input", "conv_transpose3d.input")},
 }
@@ -187,7 +208,7 @@ class AtenSelectRule(LayoutRule):
 
 
 register_rule(*AtenConvRule.layouts)(AtenConvRule)
-register_rule(*ops("linear.default"))(AtenLinearRule)
+register_rule(*ops("linear.default"), F.linear)(AtenLinearRule)
 register_rule(*ops("batch_norm.default", "_native_batch_norm_legit_no_training.default"))(AtenBatchNormRule)
 register_rule(*ops(
     "layer_norm.default", "native_layer_norm.default", "group_norm.default", "native_group_norm.default",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ids
-from .base import channel_line, describe, qualified, tensor_args, value
+from .base import argument, channel_line, describe, opaque, qualified, tensor_args, value
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -72,6 +73,34 @@ class BatchNormRule:
             module.num_features = source.shape[0]
 
 
+class FunctionalBatchNormRule:
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` on
+    parameters read in forward: timm's fused norm + activation layers
+    (``BatchNormAct2d``) and anyone's hand-written BatchNorm. Prunes like the
+    module; a batch norm of something computed (no parameters: timm's weight
+    standardisation, which normalises a weight) is per channel too."""
+
+    name = "batch_norm"
+    ARGS = ("running_mean", "running_var", "weight", "bias")
+
+    def _args(self, node: fx.Node) -> list[Any]:
+        return [argument(node, i + 1, name) for i, name in enumerate(self.ARGS)]
+
+    def parameters(self, node: fx.Node) -> list[Any]:
+        return [a for a in self._args(node) if a is not None]
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        args = self._args(node)
+        targets = [str(a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in args]
+        if any(t is None and a is not None for t, a in zip(targets, args)):
+            reason = (f"normalised by {describe(node)} (node {node.name}) with statistics or parameters computed "
+                      "in forward (timm's weight standardisation): kept")
+            ctx.pin_code(ctx.code(node.args[0]), reason)
+            return opaque(node, ctx, reason)
+        running_mean, running_var, weight, bias = targets
+        return batch_norm_channels(node, ctx, node.args[0], weight, bias, running_mean, running_var)
+
+
 class ChannelMixingNormRule:
     """Normalisation whose statistics span channels: pin what it normalises."""
 
@@ -87,6 +116,7 @@ class ChannelMixingNormRule:
 
 
 register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNormRule)
+register_rule(F.batch_norm, torch.batch_norm)(FunctionalBatchNormRule)
 register_rule(
     nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, F.layer_norm, F.group_norm, F.local_response_norm
 )(ChannelMixingNormRule)
