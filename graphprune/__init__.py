@@ -18,8 +18,6 @@ from .errors import (
     TraceError,
     VerificationError,
 )
-from .onnx_export import OnnxExport, export_onnx
-from .onnx_latency import Latency, compare_latency, measure_latency
 from .pipeline import CompileState, Pass, Pipeline
 from .plan import Group, PruningPlan
 from .rules import RULES, register_rule
@@ -27,6 +25,19 @@ from .serialize import load, save
 from .training import reconstruct
 
 __version__ = "0.1.0"
+
+# ONNX and ONNX Runtime load only when an export or a timing asks for them
+# (about a second of every import otherwise).
+_LAZY = {"OnnxExport": "onnx_export", "export_onnx": "onnx_export", "Latency": "onnx_latency",
+         "compare_latency": "onnx_latency", "measure_latency": "onnx_latency"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'graphprune' has no attribute {name!r}")
 
 __all__ = [
     "CRITERIA", "CompileState", "ConfigError", "GraphpruneError", "Group", "LayerView", "Pass",

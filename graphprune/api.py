@@ -14,6 +14,7 @@ from . import ids
 from .analysis import ChannelGraph
 from .budget import BudgetResult
 from .config import PruneConfig
+from .deploy import resolve_round_to
 from .errors import ConfigError, ModelError
 from .numerics import Verification, as_inputs
 from .pipeline import CompileState, Pipeline
@@ -151,7 +152,7 @@ def prune(
     coupling: str = "union",
     ignore: Iterable[Any] = (),
     min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int | str | None = None,
     ratios: Mapping[str, float] | None = None,
     mask_bn: bool = True,
     fold_constants: bool = True,
@@ -186,6 +187,9 @@ def prune(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     inputs = as_inputs(example_inputs)
+    round_to, note = resolve_round_to(round_to, for_onnx_runtime=target_latency is not None or (
+        pipeline is not None and "export" in pipeline.names))
+    notes = [note] if note else []
     config = PruneConfig(
         ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, ignore=_ignore_names(model, ignore),
         min_channels=min_channels, round_to=round_to, ratios=dict(ratios or {}), mask_bn=mask_bn,
@@ -194,7 +198,7 @@ def prune(
     )
     check_finite(model)
     check_finite_inputs(inputs)
-    state = CompileState(model=model, example_inputs=inputs, config=config)
+    state = CompileState(model=model, example_inputs=inputs, config=config, notes=notes)
     (pipeline or Pipeline.default()).run(state, progress)
     return PruneResult(state.compact, state.masked, state.plan, build_report(state), state)
 

@@ -29,7 +29,9 @@ class PruneConfig:
       the compact model then differs from the masked one).
     - ``ignore``: module names (or glob patterns) kept exactly as they are.
     - ``min_channels``: every group keeps at least this many channels (>= 1).
-    - ``round_to``: kept channels per group rounded up to a multiple of this.
+    - ``round_to``: kept channels per group rounded to the nearest multiple of
+      this (``prune`` also takes ``"auto"``: the multiple ONNX Runtime runs
+      fast on this CPU, the default when the target is ONNX Runtime).
     - ``ratios``: per-module ratio overrides, ``{"layer4.*": 0.7}``.
     - ``mask_bn``: zero the biases and BatchNorm gamma/beta of dropped channels
       as well as their filters (the paper's BN masking), so a dropped channel

@@ -17,10 +17,10 @@ field names), keys into dicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .errors import ConfigError
@@ -166,4 +166,13 @@ def _without_feats(out: Any) -> list:
     return [leaf for path, leaf in leaves(out) if "feats" not in path]
 
 
-Selector = Any | Callable[[Any], Any]
+class ContractOutputs(nn.Module):
+    """``model`` returning only the outputs at ``paths`` (what is deployed)."""
+
+    def __init__(self, model: nn.Module, paths: tuple):
+        super().__init__()
+        self.model, self.paths = model, paths
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        picked = pick(self.model(*inputs), self.paths)
+        return picked[0] if len(picked) == 1 else tuple(picked)

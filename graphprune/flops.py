@@ -14,6 +14,7 @@ scales (a matmul of two activations) are held constant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .analysis import ChannelGraph
 from .numerics import fresh_copy
@@ -57,6 +58,63 @@ class _NodeFlops(fx.Interpreter):
         return result
 
 
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: calls that count FLOPs (matrix products) but that shape_flops has no formula for: count those by running
+MATMUL_NAMES = {"matmul", "mm", "bmm", "addmm", "baddbmm", "addbmm", "einsum", "scaled_dot_product_attention",
+                "linear", "bilinear", "conv_tbc", "tensordot", "inner", "outer", "mv", "dot", "addmv", "chain_matmul"}
+
+
+def _shape(node: Any) -> list[int] | None:
+    meta = node.meta.get("graphprune.value") if isinstance(node, fx.Node) else None
+    return list(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _conv_or_linear(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, list[int], bool] | None:
+    """("conv" or "linear", weight shape, transposed) of a conv or linear call, whatever its form."""
+    if node.op == "call_module":
+        module = modules.get(str(node.target))
+        if isinstance(module, CONV_MODULES):
+            return "conv", list(module.weight.shape), bool(module.transposed)
+        if isinstance(module, nn.Linear):
+            return "linear", list(module.weight.shape), False
+        return None
+    if node.op != "call_function" or len(node.args) < 2 or _shape(node.args[1]) is None:
+        return None
+    name = getattr(node.target, "__name__", "").split(".")[0]
+    if name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        return "conv", _shape(node.args[1]), "transpose" in name
+    if name == "linear":
+        return "linear", _shape(node.args[1]), False
+    return None
+
+
+def shape_flops(gm: fx.GraphModule) -> dict[fx.Node, int] | None:
+    """Each node's FLOPs, as ``torch.utils.flop_counter`` counts them, from the
+    shapes the shape pass recorded (no run); None where the graph holds a
+    matrix product this has no formula for."""
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    flops: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        if not node.op.startswith("call_"):
+            continue
+        layer = _conv_or_linear(node, modules)
+        x, out = (_shape(node.args[0]) if node.args else None), _shape(node)
+        if layer is not None and x is not None and out is not None:
+            kind, w, transposed = layer
+            if kind == "conv":
+                flops[node] = int(conv_flop_count(x, w, out, transposed))
+            else:
+                flops[node] = 2 * math.prod(out[:-1]) * w[0] * w[1]
+            continue
+        if node.op == "call_module":
+            module = modules.get(str(node.target))
+            if module is None or any(p.ndim >= 2 for p in module.parameters()):
+                return None  # a layer with matrices (attention, a recurrent cell): count by running
+        elif str(getattr(node.target, "__name__", node.target)).split(".")[0] in MATMUL_NAMES:
+            return None
+    return flops
+
+
 def _tensors_read(gm: fx.GraphModule, node: fx.Node) -> list[str]:
     """Qualified names of the parameters and buffers a node reads."""
     if node.op == "call_module":
@@ -88,18 +146,21 @@ class FlopsModel:
 
     @classmethod
     def build(cls, gm: fx.GraphModule, channels: ChannelGraph, example_inputs: tuple) -> FlopsModel:
-        counter = FlopCounterMode(display=False)
-        runner = _NodeFlops(gm, counter)
-        with torch.no_grad(), counter:
-            runner.run(*fresh_copy(example_inputs))
-        terms, fixed = cls._terms(gm, channels, runner.flops)
+        per_node = shape_flops(gm)
+        if per_node is None:  # run it under the counter, noting each node's share
+            counter = FlopCounterMode(display=False)
+            runner = _NodeFlops(gm, counter)
+            with torch.no_grad(), counter:
+                runner.run(*fresh_copy(example_inputs))
+            per_node = runner.flops
+        terms, fixed = cls._terms(gm, channels, per_node)
         width = max((len(s) for _, s in terms), default=1)
         term_slots = torch.full((len(terms), width), -1, dtype=torch.int64)
         for row, (_, slots) in enumerate(terms):
             term_slots[row, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
         slot_classes = [channels.class_of[s.ids] for s in channels.slots]
         return cls(
-            dense=int(counter.get_total_flops()),
+            dense=int(sum(per_node.values())),
             fixed=fixed,
             term_flops=torch.tensor([float(f) for f, _ in terms], dtype=torch.float64),
             term_slots=term_slots,

@@ -7,9 +7,11 @@ inputs and, with a dynamic batch, a random batch of another size. The file
 only appears at ``path`` once every check has passed; on failure nothing is
 left behind.
 
-The modern exporter (``torch.onnx.export(..., dynamo=True)``, built on
-``torch.export``) is tried first; where it fails, the legacy TorchScript
-exporter is used.
+The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is
+tried first: on the CNNs graphprune compiles it writes the same checked file
+in a tenth of the time (resnet18: 0.5 s against 4-6 s). Where it fails
+(or ONNX Runtime disagrees with PyTorch on its file), the ``torch.export``-based
+exporter (``dynamo=True``) is used.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
-from .contract import pick
+from .contract import ContractOutputs
 from .errors import ConfigError, ExportError, first_line
 from .numerics import as_inputs, compare
 from .onnx_latency import onnx_feed
@@ -103,7 +104,7 @@ def export_onnx(
 
     ``dynamic_batch`` makes dim 0 of every input symbolic (shared by all
     inputs); it is checked by running a second batch of another size.
-    ``exporter`` is ``"auto"`` (dynamo, then legacy where dynamo fails),
+    ``exporter`` is ``"auto"`` (legacy, then dynamo where legacy fails),
     ``"dynamo"`` or ``"legacy"``; ``opset`` ``None`` takes the exporter's
     default. The model is exported in eval mode (its mode is restored
     afterwards). Raises :class:`~graphprune.errors.ExportError` if no exporter
@@ -115,6 +116,22 @@ def export_onnx(
     ``input_names`` / ``output_names``: the file's names (default ``input``,
     ``output`` or ``output_0``, ``output_1``, ...).
     """
+    inputs, path = _checked(model, example_inputs, path, dynamic_batch, exporter)
+
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    exported = model if outputs is None else ContractOutputs(model, outputs)
+    try:
+        return _export_checked(exported, inputs, path, dynamic_batch, opset, exporter, tolerance,
+                               (input_names, output_names))
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _checked(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], path: str | os.PathLike,
+             dynamic_batch: bool, exporter: str) -> tuple[tuple[torch.Tensor, ...], Path]:
+    """The arguments of :func:`export_onnx`, checked; the folder made."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}; got {exporter!r}")
     if not isinstance(model, nn.Module):
@@ -130,16 +147,7 @@ def export_onnx(
     if path.suffix != ".onnx":
         raise ConfigError(f"path must end in .onnx; got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    exported = model if outputs is None else ContractOutputs(model, outputs)
-    try:
-        return _export_checked(exported, inputs, path, dynamic_batch, opset, exporter, tolerance,
-                               (input_names, output_names))
-    finally:
-        for m, training in modes:
-            m.training = training
+    return inputs, path
 
 
 def _export_checked(
@@ -169,7 +177,7 @@ def _export_checked(
         external_data=_weight_bytes(model) > _EXTERNAL_DATA_BYTES,
         tolerance=tolerance,
     )
-    tried = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
+    tried = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
     failures: list[str] = []
     for name in tried:
         try:
@@ -199,18 +207,6 @@ def _export_checked(
         external_data=extra,
         fallback_reason=failures[0] if failures else None,
     )
-
-
-class ContractOutputs(nn.Module):
-    """``model`` returning only the outputs at ``paths`` (what is deployed)."""
-
-    def __init__(self, model: nn.Module, paths: tuple):
-        super().__init__()
-        self.model, self.paths = model, paths
-
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        picked = pick(self.model(*inputs), self.paths)
-        return picked[0] if len(picked) == 1 else tuple(picked)
 
 
 def _reference_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...],

@@ -145,13 +145,15 @@ def compare_latency(
     *,
     flops: tuple[int, int] | None = None,
     warmup: int = 3,
-    runs: int = 20,
+    runs: int | None = 20,
     rounds: int = 1,
     threads: int | None = None,
 ) -> LatencyComparison:
     """Time a dense and a compact ONNX model on the same inputs, in
     ``rounds`` interleaved rounds of ``runs`` runs each (a load change on the
     machine then hits both); each latency is over all its timed runs.
+    ``runs=None`` times adaptively: rounds of 5 runs each, until both medians
+    move less than 2 % in a round (at least 3 rounds, at most 20).
 
     Example::
 
@@ -163,15 +165,20 @@ def compare_latency(
     ``flops``: (dense FLOPs, compact FLOPs), e.g. from
     :class:`~graphprune.api.Report`; gives ``flops_ratio``.
     """
-    _check_counts(runs, warmup, rounds)
+    _check_counts(5 if runs is None else runs, warmup, rounds)
     sessions = [_session(s, threads, "CPUExecutionProvider") for s in (dense, compact)]
     feeds = [onnx_feed(s, inputs) for s in sessions]
     for session, feed in zip(sessions, feeds):
         _run(session, feed, warmup)
     samples: list[list[np.ndarray]] = [[], []]
-    for _ in range(rounds):
+    medians: list[tuple[float, float]] = []
+    for done in range(1, (20 if runs is None else rounds) + 1):
         for which, (session, feed) in enumerate(zip(sessions, feeds)):
-            samples[which].append(_run(session, feed, runs))
+            samples[which].append(_run(session, feed, 5 if runs is None else runs))
+        if runs is None:
+            medians.append(tuple(float(np.median(np.concatenate(s))) for s in samples))
+            if done >= 3 and all(abs(a - b) <= 0.02 * b for a, b in zip(medians[-1], medians[-2])):
+                break
     dense_latency, compact_latency = (
         _summary(session, np.concatenate(times), warmup) for session, times in zip(sessions, samples)
     )

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision
 
+import graphprune
 from graphprune.cli import main
 
 SCRIPT = shutil.which("graphprune", path=os.path.dirname(sys.executable)) or "graphprune"
@@ -157,3 +158,38 @@ def test_yolo_config_name_is_a_model(cli):
     groups = {g["group"]: g for g in json.loads(out)["groups"]}
     assert groups["model.0.conv"]["prunable"] == 16
     assert groups["model.22.cv3.0.2"]["prunable"] == 0
+
+
+def test_an_onnx_output_rounds_channels_for_onnx_runtime_unless_told(tmp_path, capsys):
+    from graphprune.cli import main
+    from graphprune.deploy import fast_channel_multiple
+
+    out = tmp_path / "r.onnx"
+    assert main(["prune", "resnet18", "--input-shape", "1,3,32,32", "-o", str(out), "--no-latency", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    block = fast_channel_multiple()
+    assert any(f"multiples of {block}" in n for n in doc["notes"])
+    rounded = doc["channels"]["after"]
+    assert main(["prune", "resnet18", "--input-shape", "1,3,32,32", "-o", str(out), "--no-latency", "--json",
+                 "--round-to", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert not any("round_to auto" in n for n in doc["notes"]) and doc["channels"]["after"] != rounded
+    # what auto means, group by group
+    result = graphprune.prune(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32), round_to="auto", verify=False)
+    for d in result.plan.decisions():
+        assert d.kept_count % block == 0 or d.kept_count == d.group.size
+
+
+def test_a_pruned_model_slower_than_dense_is_never_silent(tmp_path, capsys, monkeypatch):
+    import graphprune.cli.commands as commands
+
+    def slower(*args, **kwargs):
+        return {"dense_ms": 1.0, "compact_ms": 1.25, "speedup": 0.8, "threads": 1, "runs": 5,
+                "onnx_bytes_dense": 1, "onnx_bytes_compact": 1}
+
+    monkeypatch.setattr(commands, "latency_rows", slower)  # a fake timer
+    from graphprune.cli import main
+
+    assert main(["prune", "resnet18", "--input-shape", "1,3,32,32", "--round-to", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "SLOWER than the dense one" in err and "--round-to auto" in err

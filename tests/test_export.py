@@ -84,7 +84,7 @@ def test_compact_file_is_smaller_and_self_contained(zoo_export):
     assert compact.size_bytes == compact.path.stat().st_size
     assert sorted(p.name for p in compact.path.parent.iterdir()) == ["compact.onnx", "dense.onnx"]
     assert compact.external_data == ()
-    assert compact.exporter == "dynamo" and compact.fallback_reason is None
+    assert compact.exporter == "legacy" and compact.fallback_reason is None  # the faster exporter, first
     assert onnx.load(str(compact.path)).opset_import[0].version == compact.opset
 
 
@@ -109,7 +109,8 @@ def test_a_model_that_fixes_its_batch_size_is_refused_a_dynamic_batch(tmp_path):
     model, x = FixedBatch().eval(), torch.randn(1, 3, 8, 8)
     expected = (
         r"legacy exporter: .*output shapes \[\(1, 4\)\] on the legacy-exported model with batch 3 "
-        r"are not PyTorch's \[\(3, 4\)\] \(if the model fixes its batch size, pass dynamic_batch=False\)$"
+        r"are not PyTorch's \[\(3, 4\)\] \(if the model fixes its batch size, pass dynamic_batch=False\); "
+        r"dynamo exporter: .*\(if the model fixes its batch size, pass dynamic_batch=False\)$"
     )
     with pytest.raises(ExportError, match=expected):
         export_onnx(model, x, tmp_path / "net.onnx")
@@ -118,14 +119,14 @@ def test_a_model_that_fixes_its_batch_size_is_refused_a_dynamic_batch(tmp_path):
     assert info.batch_sizes == (1,) and info.max_abs_error <= 1e-5
 
 
-def test_auto_falls_back_to_legacy_when_dynamo_fails(tmp_path, monkeypatch):
+def test_auto_falls_back_to_dynamo_when_legacy_fails(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("dynamo cannot trace this\nmore detail")
+        raise RuntimeError("legacy cannot trace this\nmore detail")
 
-    monkeypatch.setitem(graphprune.onnx_export._EXPORT, "dynamo", broken)
+    monkeypatch.setitem(graphprune.onnx_export._EXPORT, "legacy", broken)
     info = export_onnx(Net(), torch.randn(1, 3, 8, 8), tmp_path / "net.onnx")
-    assert info.exporter == "legacy"
-    assert info.fallback_reason == "dynamo exporter: RuntimeError: dynamo cannot trace this"
+    assert info.exporter == "dynamo"
+    assert info.fallback_reason == "legacy exporter: RuntimeError: legacy cannot trace this"
     assert [p.name for p in tmp_path.iterdir()] == ["net.onnx"]
 
 
@@ -138,7 +139,7 @@ def test_export_that_onnxruntime_disagrees_with_raises_and_leaves_nothing(tmp_pa
     expected = r"differs from PyTorch's on the dynamo-exported model with batch 1: max abs error 0\.5, relative [0-9.e+-]+ > tolerance 0\.0001$"
     with pytest.raises(ExportError, match=expected):
         export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "net.onnx", exporter="dynamo")
-    with pytest.raises(ExportError, match="dynamo exporter: ExportError: .*; legacy exporter: ExportError: "):
+    with pytest.raises(ExportError, match="legacy exporter: ExportError: .*; dynamo exporter: ExportError: "):
         export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "net.onnx")
     assert list(tmp_path.iterdir()) == []
     assert model.training  # its mode is restored

@@ -9,6 +9,8 @@ import io
 import pytest
 import torch
 
+from graphprune.flops import count_flops
+
 ZOO = [
     "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg16_bn", "alexnet",
     "squeezenet1_1", "densenet121", "googlenet", "inception_v3", "mobilenet_v2",
@@ -48,6 +50,9 @@ def test_zoo_compact_is_the_users_model_in_eval_and_training_mode(zoo):
         assert "not checked" in check.train_note
     else:
         assert check.train_max_rel_error is not None and check.train_max_rel_error <= 1e-4
+    # FLOPs are counted from shapes and the plan: the same numbers torch's counter gives by running
+    assert result.report.flops_before == count_flops(model, (zoo.x,))
+    assert result.report.flops_after == count_flops(result.compact, (zoo.x,))
     buffer = io.BytesIO()
     torch.save(result.compact, buffer)  # what a framework's checkpoint does with a model
     buffer.seek(0)

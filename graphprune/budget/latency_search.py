@@ -146,7 +146,8 @@ def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: f
     search = search or LatencySearch()
     flops = FlopsSearch(state, ranking, finish)
     timings, floor_kept, threads = _time_candidates(state, flops, target, search, build)
-    best = min(timings, key=lambda t: abs(t.fraction - target))
+    faster = [t for t in timings if t.fraction < 1]  # a model slower than dense is never the best
+    best = min(faster, key=lambda t: abs(t.fraction - target)) if faster else min(timings, key=lambda t: t.fraction)
     how = (f"medians of {search.rounds} rounds of {search.runs} runs interleaved with the dense model, "
            f"ONNX Runtime CPU, {threads or 'default'} threads; latency on a shared machine is noisy")
     result = BudgetResult(
@@ -158,7 +159,10 @@ def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: f
     )
     summary = (f"dense {best.dense_ms:.3f} ms -> compact {best.compact_ms:.3f} ms = {best.fraction:.3f} of dense "
                f"at {best.flops_fraction:.3f} of the dense FLOPs; best of {len(timings)} measured candidates, {how}")
-    if abs(best.fraction - target) <= search.tolerance * target:
+    if not faster:
+        result.notes.append(f"target_latency {target:g}: NO candidate was faster than the dense model; the fastest "
+                            f"is returned ({summary}); round channel counts (round_to='auto') or prune further")
+    elif abs(best.fraction - target) <= search.tolerance * target:
         result.notes.append(f"target_latency {target:g} met: {summary}")
     elif best.fraction > target and torch.equal(best.class_kept, floor_kept):
         result.notes.append(f"target_latency {target:g} cannot be reached: pruned as far as allowed "

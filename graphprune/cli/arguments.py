@@ -7,6 +7,7 @@ import argparse
 from .. import __version__
 from ..config import COUPLINGS, MODES, PruneConfig
 from ..criteria import CRITERIA
+from ..deploy import resolve_round_to
 from ..errors import GraphpruneError
 
 EXAMPLES = """examples:
@@ -61,7 +62,9 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
     p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules (or glob patterns) to keep as they are")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels per group a multiple of N")
+    p.add_argument("--round-to", default=None, metavar="N|auto",
+                   help="kept channels per group a multiple of N; auto: what ONNX Runtime runs fast on this CPU "
+                        "(the default when writing ONNX, benchmarking or with --target-latency; else 1)")
     p.add_argument("--min-channels", type=int, default=1, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--outputs", nargs="+", default=None, metavar="OUT",
@@ -115,9 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W")
     add_prune_arguments(p)
-    p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed runs of each model (default: adaptive, until both medians are stable)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     return parser
+
+
+def round_to(args: argparse.Namespace) -> int | str:
+    """``--round-to``: a number, or ``auto``, which is the default where the output is for ONNX Runtime."""
+    value = args.round_to
+    if value is None:
+        onnx = args.command == "bench" or str(getattr(args, "output", "") or "").endswith(".onnx")
+        return "auto" if onnx or args.target_latency is not None else 1
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--round-to takes a number or auto; got {value!r}") from None
 
 
 def output_selector(items: list[str] | None) -> object:
@@ -150,8 +168,8 @@ def prune_options(args: argparse.Namespace) -> dict:
         outputs=output_selector(args.outputs),
         ratio=0.5 if args.ratio is None else args.ratio, criterion=args.criterion,
         mode=args.mode or ("global" if targets else "per_layer"), coupling=args.coupling,
-        ignore=tuple(args.ignore), round_to=args.round_to, min_channels=args.min_channels, seed=args.seed,
+        ignore=tuple(args.ignore), round_to=round_to(args), min_channels=args.min_channels, seed=args.seed,
         **targets,
     )
-    PruneConfig(**options)  # validate before any work
+    PruneConfig(**{**options, "round_to": resolve_round_to(options["round_to"], True)[0]})  # validate before any work
     return options

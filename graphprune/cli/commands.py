@@ -14,14 +14,24 @@ import torch
 
 from .arguments import UsageError, parse_shape, prune_options
 from .models import model_and_inputs
-from .output import Outputs, budget_rows, change, human, print_table, progress, report_document, setting
+from .output import (
+    Outputs,
+    budget_rows,
+    change,
+    human,
+    print_table,
+    progress,
+    report_document,
+    setting,
+    warn_if_slower,
+)
 
 if TYPE_CHECKING:
     from ..api import PruneResult
     from ..onnx_export import OnnxExport
 
 
-def latency_rows(result: PruneResult, workdir: Path, runs: int = 20, threads: int | None = None,
+def latency_rows(result: PruneResult, workdir: Path, runs: int | None = None, threads: int | None = None,
                  compact: OnnxExport | None = None) -> dict:
     """Dense vs compact on ONNX Runtime; ``compact``: the file already written, if any (not exported twice)."""
     from ..onnx_export import export_onnx
@@ -37,7 +47,7 @@ def latency_rows(result: PruneResult, workdir: Path, runs: int = 20, threads: in
         "compact_ms": timed.compact.median_ms,
         "speedup": timed.speedup,
         "threads": timed.compact.threads,
-        "runs": runs,
+        "runs": timed.compact.runs,
         "onnx_bytes_dense": dense.size_bytes,
         "onnx_bytes_compact": compact.size_bytes,
     }
@@ -96,6 +106,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     for note in r.notes:
         print(f"note: {note}", file=sys.stderr)
+    warn_if_slower(latency, options)
     for where, (before, after) in r.reduced_outputs.items():
         print(f"note: {where} is not in the output contract: {before} -> {after} channels", file=sys.stderr)
     for path, why in r.replaced.items():
@@ -188,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.model):
             raise UsageError(f"ONNX file {args.model!r} does not exist")
         x = (torch.randn(shape),)
-        t = measure_latency(args.model, x, runs=args.runs, threads=args.threads)
+        t = measure_latency(args.model, x, runs=args.runs or 20, threads=args.threads)
         doc = {"file": args.model, "latency_ms": t.median_ms, "threads": t.threads, "runs": t.runs}
         if args.json:
             print(json.dumps(doc, indent=2))
@@ -223,4 +234,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ],
     )
     print(f"measured speed-up {latency['speedup']:.2f}x vs FLOPs reduction {flops_ratio:.2f}x")
+    warn_if_slower(latency, options)
     return 0

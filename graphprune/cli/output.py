@@ -109,6 +109,20 @@ def report_document(result: PruneResult, latency: dict | None, onnx: OnnxExport 
     }
 
 
+def warn_if_slower(latency: dict | None, options: dict) -> None:
+    """A pruned model slower than the dense one is never silent: say so, in red, with the fix."""
+    if not latency or latency["speedup"] >= 1:
+        return
+    fixes = []
+    if options.get("round_to") in (1, None):
+        fixes.append("round channel counts to what ONNX Runtime runs fast (--round-to auto)")
+    fixes += ["prune further (a larger --ratio)", "or ask for the speed directly (--target-latency 0.7)"]
+    console().print(
+        f"[bold red]warning: the pruned model is SLOWER than the dense one on ONNX Runtime here "
+        f"({latency['compact_ms']:.2f} ms vs {latency['dense_ms']:.2f} ms, {latency['speedup']:.2f}x).[/bold red] "
+        f"To fix it: {'; '.join(fixes)}.")
+
+
 def setting(options: dict) -> str:
     """How much was asked for, in words: the ratio, or the target."""
     if options.get("target_flops") is not None:

@@ -2,10 +2,8 @@
 
 from .apply import ApplyPass
 from .channels import ChannelAnalysisPass
-from .export import ExportPass
 from .fold import FoldPass
 from .groups import GroupPass
-from .latency import LatencyPass
 from .mask import MaskPass
 from .measure import MeasurePass
 from .rewrite import RewritePass
@@ -15,6 +13,19 @@ from .shapes import ShapePass
 from .structure import StructurePass
 from .trace import FRONTENDS, TracePass, register_frontend
 from .verify import Verification, VerifyPass
+
+
+def __getattr__(name: str):
+    # The export and latency passes load ONNX and ONNX Runtime: only when asked for.
+    if name == "ExportPass":
+        from .export import ExportPass
+
+        return ExportPass
+    if name == "LatencyPass":
+        from .latency import LatencyPass
+
+        return LatencyPass
+    raise AttributeError(f"module 'graphprune.passes' has no attribute {name!r}")
 
 
 def default_passes() -> list:

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..copying import own_tensors, private_copy
 from ..errors import GraphpruneError
+from ..frameworks import fix_frameworks
 from ..masks import RECORD_ATTR
 from ..pipeline import CompileState
 from ..plan import PruningPlan
@@ -112,4 +113,5 @@ class ApplyPass:
         fix_modules(compact, {owner_of(target) for target, _ in sliced})
         copy_layer_attributes(compact, graph)
         compact, replaced = replace_changed(compact, graph)
+        fix_frameworks(compact, state.example_inputs)
         return compact.eval(), replaced

@@ -82,13 +82,16 @@ def common_reasons(channels: ChannelGraph, count: int = 3) -> list[str]:
     def kind(reason: str) -> str:
         return re.sub(r"\(node [^)]*\)|'[^']*'", "", reason)
 
-    index = channels.reason_of[channels.reason_of > 0]
+    # of the produced channels (what could have been pruned); of all, where none is
+    produced = torch.cat([p.ids for p in channels.producers]) if channels.producers else torch.empty(0, dtype=torch.long)
+    index = channels.reason_of[channels.class_of[produced]]
+    index = index[index > 0] if bool((index > 0).any()) else channels.reason_of[channels.reason_of > 0]
     totals: dict[str, int] = {}
     for i, n in enumerate(torch.bincount(index, minlength=len(channels.reasons)).tolist()):
         if n:
             totals[kind(channels.reasons[i])] = totals.get(kind(channels.reasons[i]), 0) + n
     firsts = {kind(channels.reasons[i]): channels.reasons[i] for i in range(len(channels.reasons) - 1, 0, -1)}
-    return [firsts[k] for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:count]]
+    return [firsts[k] for k in sorted(totals, key=lambda k: -totals[k])[:count]]
 
 
 def nothing_pruned(plan: PruningPlan, config: PruneConfig) -> str | None:
@@ -165,9 +168,11 @@ class SelectPass:
         raw_dropped = ~class_kept[channels.class_of]
         for raw, dropped in raw_override:
             raw_dropped[raw] = dropped
-        # Channels added back by rounding are kept whole, not masked.
+        # Channels added back by rounding are kept whole, not masked; channels
+        # rounding took away are dropped in every layer.
         added = class_kept & ~before_rounding
         raw_dropped &= ~added[channels.class_of]
+        raw_dropped |= (before_rounding & ~class_kept)[channels.class_of]
         state.plan = PruningPlan(channels, state.groups, class_kept, raw_dropped, config.mode, config.coupling)
         state.plan.notes.extend(notes)
         note = nothing_pruned(state.plan, config)
@@ -253,15 +258,24 @@ class GlobalRanking:
 
 def finish(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
     """What every mode's choice goes through, in place: each group's kept count
-    rounded up to ``round_to`` (at least ``min_channels``), then one channel
-    kept in every tensor."""
-    config = state.config
+    rounded to the nearest multiple of ``round_to`` (toward what was chosen,
+    so rounding neither loses the budget nor gives it away; at least the
+    multiple that holds ``min_channels`` and the pinned channels, at most the
+    group; a group of two multiples or less rounds to half as much, so that
+    rounding does not keep all of it), then one channel kept in every tensor."""
+    config, r = state.config, state.config.round_to
     for g in state.groups:
         kept = class_kept[g.classes]
-        floor = min(g.size, max(config.min_channels, 0))
-        target = min(g.size, max(floor, math.ceil(int(kept.sum()) / config.round_to) * config.round_to))
-        if target > int(kept.sum()):
+        count = int(kept.sum())
+        step = r
+        while step > 1 and g.size < 2 * step:  # a group of two blocks or less: rounding to it would keep all
+            step //= 2
+        lowest = math.ceil(max(config.min_channels, int(g.pinned.sum()), 1) / step) * step
+        target = min(g.size, max(lowest, step * math.floor(count / step + 0.5)))
+        if target > count:
             class_kept[g.classes] = top_keep(scores[g.classes], kept, target)
+        elif target < count:  # keep the pinned and the best of the others
+            class_kept[g.classes] = top_keep(torch.where(kept, scores[g.classes], -math.inf), g.pinned, target)
     keep_one_per_slot(state.channels, scores, class_kept)
 
 
