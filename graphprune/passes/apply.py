@@ -28,6 +28,7 @@ from ..copying import own_tensors, private_copy
 from ..errors import GraphpruneError
 from ..frameworks import fix_frameworks
 from ..masks import RECORD_ATTR
+from ..norms import CompactLayerNorm
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..replace import module_graph, replace_module
@@ -49,17 +50,28 @@ def fix_modules(model: nn.Module, owners: set[str]) -> None:
             rule.fix_module(module)
 
 
-def copy_layer_attributes(model: nn.Module, graph: fx.GraphModule) -> None:
-    """Every layer the rewritten graph calls: its size attributes as the rules set them there."""
+def copy_layer_attributes(model: nn.Module, graph: fx.GraphModule) -> dict[str, str]:
+    """Every layer the rewritten graph calls: its size attributes as the rules
+    set them there, and a compact norm where the rules put one there (returns
+    those: path -> why)."""
     modules = dict(model.named_modules(remove_duplicate=False))
+    compact: dict[str, str] = {}
     for node in graph.graph.nodes:
         if node.op != "call_module" or str(node.target) not in modules:
             continue
         source, target = graph.get_submodule(str(node.target)), modules[str(node.target)]
+        if isinstance(source, CompactLayerNorm) and not isinstance(target, CompactLayerNorm):
+            parent, _, name = str(node.target).rpartition(".")
+            model.get_submodule(parent)._modules[name] = CompactLayerNorm(target, source.total,
+                                                                          source.normalized_shape[0])
+            compact[str(node.target)] = (f"{type(target).__name__} made compact: its statistics count the "
+                                         f"{source.total} channels of the original")
+            continue
         for key, value in source.__dict__.items():
             if (isinstance(value, SIZE_TYPES) and not isinstance(value, bool) and key in target.__dict__
                     and target.__dict__[key] != value):
                 target.__dict__[key] = value
+    return compact
 
 
 def replace_changed(model: nn.Module, graph: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
@@ -111,7 +123,7 @@ class ApplyPass:
         sliced = compact_tensors(compact, plan, state.config.mask_bn)
         own_tensors(compact, state.model)
         fix_modules(compact, {owner_of(target) for target, _ in sliced})
-        copy_layer_attributes(compact, graph)
+        norms = copy_layer_attributes(compact, graph)
         compact, replaced = replace_changed(compact, graph)
         fix_frameworks(compact, state.example_inputs)
-        return compact.eval(), replaced
+        return compact.eval(), {**norms, **replaced}
