@@ -13,9 +13,22 @@ no E[x^2] - mean^2 cancellation), with gamma and beta sliced: a dropped
 channel's output is 0 because the masked model zeroes its gamma and beta.
 :class:`CompactLayerNorm` replaces an ``nn.LayerNorm`` only where channels
 were dropped; its ONNX export is plain ops.
+
+The same holds for every mean over channels: in the compact model it is the
+sum over the kept channels divided by the *original* count
+(:func:`counted_mean`), and a variance adds back what the dropped zeros
+contribute (:func:`counted_var`); a sum or a p-norm needs nothing (a zero adds
+nothing). GroupNorm is that, per group, with each group's own original and
+kept counts (a group with no kept channel is gone); RMSNorm divides the sum
+of squares by the original count. The compact-norm modules keep their
+layer's parameter names, so state dicts keep their keys.
 """
 
 from __future__ import annotations
+
+import copy
+import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -36,7 +49,19 @@ def counted_layer_norm(x: torch.Tensor, total: int, weight: torch.Tensor | None,
     return y
 
 
-class CompactLayerNorm(nn.Module):
+class CompactNorm(nn.Module):
+    """A norm layer that lost channels: its statistics still count the
+    original ones. Holds the layer's own parameters (same names)."""
+
+    def rebind(self, layer: nn.Module) -> CompactNorm:
+        """This compact norm on ``layer``'s parameters (already sliced)."""
+        twin = copy.copy(self)
+        twin._parameters = dict(layer._parameters)
+        twin.training = layer.training
+        return twin
+
+
+class CompactLayerNorm(CompactNorm):
     """An ``nn.LayerNorm`` over the last dim that lost channels: its statistics
     still count the ``total`` channels of the original (see the module docstring).
     Parameter names are LayerNorm's, so state dicts stay the same."""
@@ -53,6 +78,93 @@ class CompactLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return counted_layer_norm(x, self.total, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, statistics over {self.total} channels"
+
+
+def counted_mean(x: torch.Tensor, dim: Any, keepdim: bool, total: int) -> torch.Tensor:
+    """``x.mean(dim)`` as if the reduced dims held ``total`` entries, the missing ones zero."""
+    return x.sum(dim, keepdim=keepdim) / total
+
+
+def counted_var(x: torch.Tensor, dim: Any, correction: float, keepdim: bool, total: int,
+                sqrt: bool = False) -> torch.Tensor:
+    """``x.var(dim, correction=...)`` (``x.std`` with ``sqrt``) as if the reduced
+    dims held ``total`` entries, the missing ones zero."""
+    dims = tuple(range(x.ndim)) if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
+    kept = math.prod(x.shape[d] for d in dims)
+    mean = x.sum(dims, keepdim=True) / total
+    squares = (x - mean).pow(2).sum(dims, keepdim=True) + (total - kept) * mean.pow(2)
+    var = squares / max(total - correction, 0)
+    var = var if keepdim else var.squeeze(dims)
+    return var.sqrt() if sqrt else var
+
+
+def counted_rms_norm(x: torch.Tensor, total: int, weight: torch.Tensor | None, eps: float | None) -> torch.Tensor:
+    """RMSNorm over the last dim of ``x`` as if it had ``total`` entries, the missing ones zero."""
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    y = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / total + eps)
+    return y * weight if weight is not None else y
+
+
+def counted_group_norm(x: torch.Tensor, groups: tuple[int, ...], group_size: int, weight: torch.Tensor | None,
+                       bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """GroupNorm of ``x`` (N, C', *) whose kept channel ``i`` belongs to
+    group ``groups[i]`` (0..G'-1, every group holding at least one) of
+    ``group_size`` channels originally, the missing ones zero. Group sums are
+    products with a constant membership matrix: plain MatMuls in ONNX."""
+    count = max(groups) + 1
+    member = torch.tensor([[float(g == j) for j in range(count)] for g in groups], dtype=x.dtype, device=x.device)
+    missing = torch.tensor([group_size - groups.count(j) for j in range(count)], dtype=x.dtype, device=x.device)
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    positions = flat.shape[-1]
+    total = group_size * positions
+    group_mean = flat.sum(-1) @ member / total  # (N, G')
+    centered = flat - (group_mean @ member.t()).unsqueeze(-1)
+    squares = centered.pow(2).sum(-1) @ member + missing * positions * group_mean.pow(2)
+    scale = torch.rsqrt(squares / total + eps) @ member.t()
+    y = (centered * scale.unsqueeze(-1)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+class CompactGroupNorm(CompactNorm):
+    """An ``nn.GroupNorm`` that lost channels (see :func:`counted_group_norm`)."""
+
+    def __init__(self, layer: nn.GroupNorm, groups: list[int]):
+        super().__init__()
+        self.groups = tuple(int(g) for g in groups)
+        self.group_size = layer.num_channels // layer.num_groups
+        self.num_groups, self.num_channels = max(self.groups) + 1, len(self.groups)
+        self.eps, self.affine = layer.eps, layer.affine
+        self.weight, self.bias = layer.weight, layer.bias
+        self.training = layer.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return counted_group_norm(x, self.groups, self.group_size, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, statistics over groups of "
+                f"{self.group_size} channels")
+
+
+class CompactRMSNorm(CompactNorm):
+    """An ``nn.RMSNorm`` over the last dim that lost channels."""
+
+    def __init__(self, layer: nn.RMSNorm, total: int, kept: int):
+        super().__init__()
+        self.normalized_shape, self.total = (int(kept),), int(total)
+        self.eps, self.elementwise_affine = layer.eps, layer.elementwise_affine
+        self.weight = layer.weight
+        self.training = layer.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return counted_rms_norm(x, self.total, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, statistics over {self.total} channels"

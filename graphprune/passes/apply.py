@@ -28,7 +28,7 @@ from ..copying import own_tensors, private_copy
 from ..errors import GraphpruneError
 from ..frameworks import fix_frameworks
 from ..masks import RECORD_ATTR
-from ..norms import CompactLayerNorm
+from ..norms import CompactNorm
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..replace import module_graph, replace_module
@@ -60,12 +60,11 @@ def copy_layer_attributes(model: nn.Module, graph: fx.GraphModule) -> dict[str, 
         if node.op != "call_module" or str(node.target) not in modules:
             continue
         source, target = graph.get_submodule(str(node.target)), modules[str(node.target)]
-        if isinstance(source, CompactLayerNorm) and not isinstance(target, CompactLayerNorm):
+        if isinstance(source, CompactNorm) and not isinstance(target, CompactNorm):
             parent, _, name = str(node.target).rpartition(".")
-            model.get_submodule(parent)._modules[name] = CompactLayerNorm(target, source.total,
-                                                                          source.normalized_shape[0])
+            model.get_submodule(parent)._modules[name] = source.rebind(target)
             compact[str(node.target)] = (f"{type(target).__name__} made compact: its statistics count the "
-                                         f"{source.total} channels of the original")
+                                         "channels of the original")
             continue
         for key, value in source.__dict__.items():
             if (isinstance(value, SIZE_TYPES) and not isinstance(value, bool) and key in target.__dict__

@@ -1,4 +1,4 @@
-"""Element-wise n-ary ops: add, sub, mul, div, maximum, minimum.
+"""Element-wise n-ary ops: add, sub, mul, div, maximum, minimum, addcmul.
 
 The ids that meet at an element are unified: a residual add couples the
 channels of its operands, an SE gate couples its gate to the gated channels.
@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 class ElementwiseRule:
     name = "elementwise"
-    combine = "sum"
+
+    def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
+        """Where the output is zero when dropped, from the operands' zero bits
+        (stacked along dim 0, in argument order): a sum only if every addend is."""
+        return zeros.all(0)
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         inputs = tensor_args(node)
@@ -62,28 +66,35 @@ class ElementwiseRule:
             else:
                 ctx.unify(raw, ids.raw_ids(code))
             zeros.append(ids.zero_bits(code))
-        if self.combine == "sum":
-            zero = torch.stack(torch.broadcast_tensors(*zeros)).all(0)
-        elif self.combine == "product":
-            zero = torch.stack(torch.broadcast_tensors(*zeros)).any(0)
-        else:  # quotient: numerator / denominator
-            denominator = operands[1][1]
-            maybe_zero = ids.zero_bits(denominator)
-            if bool(maybe_zero.any()):
-                ctx.pin(
-                    ids.raw_ids(denominator)[maybe_zero],
-                    f"divides by a channel that would be zero, in {describe(node)} (node {node.name})",
-                )
-            zero = zeros[0].expand(shape)
+        zero = self.combine(torch.stack(torch.broadcast_tensors(*zeros)), operands, node, ctx)
         return ids.encode(raw, zero.expand(shape))
 
 
 class ProductRule(ElementwiseRule):
-    combine = "product"
+    def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
+        return zeros.any(0)
 
 
 class QuotientRule(ElementwiseRule):
-    combine = "quotient"
+    def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
+        denominator = operands[1][1]  # a denominator that may be zero: pinned
+        maybe_zero = ids.zero_bits(denominator)
+        if bool(maybe_zero.any()):
+            ctx.pin(
+                ids.raw_ids(denominator)[maybe_zero],
+                f"divides by a channel that would be zero, in {describe(node)} (node {node.name})",
+            )
+        return zeros[0]
+
+
+class MultiplyAddRule(ElementwiseRule):
+    """``addcmul(input, a, b, value=v)`` = input + v * a * b: zero where input
+    is and a or b is (timm's global response norm: bias + weight * x)."""
+
+    def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
+        if len(operands) != 3:
+            return torch.zeros_like(zeros[0])
+        return zeros[0] & (zeros[1] | zeros[2])
 
 
 register_rule(
@@ -91,4 +102,5 @@ register_rule(
     "add", "add_", "sub", "sub_", torch.maximum, torch.minimum, "maximum", "minimum",
 )(ElementwiseRule)
 register_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")(ProductRule)
+register_rule(torch.addcmul, "addcmul")(MultiplyAddRule)
 register_rule(operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_")(QuotientRule)

@@ -4,9 +4,11 @@ BatchNorm is per-channel: its gamma and beta *write* the channel (the masked
 model zeroes them, so a dropped channel leaves BN as an exact zero), its
 running statistics are sliced with it.
 
-LayerNorm, GroupNorm and LocalResponseNorm mix channels: the statistics of a
-kept channel depend on the dropped ones, so the channels they normalise over
-are pinned.
+LayerNorm, GroupNorm and RMSNorm normalise over channels: the statistics of a
+kept channel depend on the dropped ones, which are zeros in the masked model.
+Their compact form counts those zeros (:mod:`graphprune.norms`), so they are
+per channel too. LocalResponseNorm (and a LayerNorm over several dims) mixes
+channels: what it normalises is pinned.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ids
-from ..norms import CompactLayerNorm, counted_layer_norm
+from ..norms import (
+    CompactGroupNorm,
+    CompactLayerNorm,
+    CompactRMSNorm,
+    counted_group_norm,
+    counted_layer_norm,
+    counted_rms_norm,
+)
 from .base import argument, channel_line, describe, opaque, qualified, tensor_args, value
 from .registry import register_rule
 
@@ -102,48 +111,76 @@ class FunctionalBatchNormRule:
         return batch_norm_channels(node, ctx, node.args[0], weight, bias, running_mean, running_var)
 
 
+def counted_norm_channels(node: fx.Node, ctx: AnalysisContext, code: torch.Tensor, dim: int, size: int,
+                          weight: str | None, bias: str | None, keeps_zero: bool) -> Any:
+    """Channel analysis of a norm whose statistics count the dropped zeros
+    (LayerNorm, GroupNorm, RMSNorm; see :mod:`graphprune.norms`): per channel
+    along ``dim``; gamma and beta write the channel; a channel that is not
+    zero when dropped is kept (it would change the statistics of the others).
+    ``keeps_zero``: a dropped channel's output is zero (gamma masked, or RMS)."""
+    line = channel_line(ctx, node, code, dim, size)
+    if line is None:
+        return ids.with_zero(code, False)
+    nonzero = ~ids.zero_bits(line)
+    if bool(nonzero.any()):
+        ctx.pin(ids.raw_ids(line[nonzero]), f"not zero when dropped where {describe(node)} (node {node.name}) "
+                "normalises it (it would change the statistics of the kept channels)")
+    raw = ids.raw_ids(line)
+    for target, kind in ((weight, "norm_scale"), (bias, "norm_shift")):
+        if target is not None:
+            ctx.add_slot(target, 0, raw, writes=True, kind=kind)
+    return code if keeps_zero else ids.with_zero(code, False)
+
+
+def parameter_names(node: fx.Node, ctx: AnalysisContext, positions: dict[str, int]) -> dict[str, str | None] | None:
+    """The parameters a norm reads, by name (``weight``, ``bias``): the
+    module's, or the ``get_attr`` targets of a functional call; None where a
+    functional call's parameter is computed in forward."""
+    if node.op == "call_module":
+        module, path = ctx.module(node.target), str(node.target)
+        return {k: qualified(path, k) if getattr(module, k, None) is not None else None for k in positions}
+    names = {}
+    for key, position in positions.items():
+        arg = argument(node, position, key)
+        if arg is not None and not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            return None
+        names[key] = str(arg.target) if arg is not None else None
+    return names
+
+
+def swap_module(rw: RewriteContext, node: fx.Node, make: Any) -> None:
+    """Put ``make(layer)`` where the compact graph's layer called by ``node`` was."""
+    parent, _, name = str(node.target).rpartition(".")
+    rw.gm.get_submodule(parent)._modules[name] = make(rw.gm.get_submodule(str(node.target)))
+
+
 class LayerNormRule:
-    """LayerNorm over the last dim (``nn.LayerNorm``, ``F.layer_norm``):
-    per channel once its statistics count the dropped zeros (see
-    :mod:`graphprune.norms`). Its gamma and beta write the channel; a channel
-    that is not zero when dropped is kept (it would change the statistics).
-    Over several dims, it mixes what it normalises: pinned."""
+    """LayerNorm over the last dim (``nn.LayerNorm``, ``F.layer_norm``): per
+    channel once its statistics count the dropped zeros. Over several dims it
+    mixes what it normalises: pinned."""
 
     name = "layer_norm"
+    PARAMETERS = {"weight": 2, "bias": 3}
 
     def parameters(self, node: fx.Node) -> list[Any]:
-        return [a for a in (argument(node, 2, "weight"), argument(node, 3, "bias")) if a is not None]
+        return [a for a in (argument(node, i, k) for k, i in self.PARAMETERS.items()) if a is not None]
 
-    def _parts(self, node: fx.Node, ctx: AnalysisContext) -> tuple[tuple, str | None, str | None] | None:
-        """(normalized shape, weight name, bias name), or None where not a plain LayerNorm."""
+    def normalized_shape(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         if node.op == "call_module":
-            module, path = ctx.module(node.target), str(node.target)
-            return (tuple(module.normalized_shape), qualified(path, "weight") if module.weight is not None else None,
-                    qualified(path, "bias") if getattr(module, "bias", None) is not None else None)
-        shape, w, b = argument(node, 1, "normalized_shape"), argument(node, 2, "weight"), argument(node, 3, "bias")
-        names = [str(a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in (w, b)]
-        if any(n is None and a is not None for n, a in zip(names, (w, b))) or not isinstance(shape, (tuple, list)):
-            return None
-        return (tuple(shape), *names)
+            return tuple(ctx.module(node.target).normalized_shape)
+        shape = argument(node, 1, "normalized_shape")
+        return tuple(shape) if isinstance(shape, (tuple, list)) else shape
+
+    def keeps_zero(self, names: dict[str, str | None]) -> bool:
+        return names["weight"] is not None  # (0 - mean) / std * 0 + 0 = 0
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
-        parts = self._parts(node, ctx)
+        names, shape = parameter_names(node, ctx, self.PARAMETERS), self.normalized_shape(node, ctx)
         code = ctx.code(node.args[0])
-        if parts is None or len(parts[0]) != 1 or not isinstance(code, torch.Tensor):
+        if names is None or not isinstance(shape, tuple) or len(shape) != 1 or not isinstance(code, torch.Tensor):
             return ChannelMixingNormRule().analyze(node, ctx)
-        shape, weight, bias = parts
-        line = channel_line(ctx, node, code, code.ndim - 1, shape[0])
-        if line is None:
-            return ids.with_zero(code, False)
-        nonzero = ~ids.zero_bits(line)
-        if bool(nonzero.any()):
-            ctx.pin(ids.raw_ids(line[nonzero]), f"not zero when dropped where {describe(node)} (node {node.name}) "
-                    "normalises it (it would change the statistics of the kept channels)")
-        raw = ids.raw_ids(line)
-        for target, kind in ((weight, "norm_scale"), (bias, "norm_shift")):
-            if target is not None:
-                ctx.add_slot(target, 0, raw, writes=True, kind=kind)
-        return code if weight is not None else ids.with_zero(code, False)  # (0 - mean) / std * 0 = 0
+        return counted_norm_channels(node, ctx, code, code.ndim - 1, shape[0], names["weight"], names.get("bias"),
+                                     self.keeps_zero(names))
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         cum = rw.kept_prefix(node.args[0], -1)
@@ -151,13 +188,76 @@ class LayerNormRule:
             return
         total, kept = cum.numel() - 1, int(cum[-1])
         if node.op == "call_module":
-            parent, _, name = str(node.target).rpartition(".")
-            layer = rw.gm.get_submodule(str(node.target))
-            rw.gm.get_submodule(parent)._modules[name] = CompactLayerNorm(layer, total, kept)
+            swap_module(rw, node, lambda layer: CompactLayerNorm(layer, total, kept))
             return
-        eps = argument(node, 4, "eps", 1e-5)
         node.target = counted_layer_norm
-        node.args = (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "bias"), eps)
+        node.args = (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "bias"),
+                     argument(node, 4, "eps", 1e-5))
+        node.kwargs = {}
+
+
+class RMSNormRule(LayerNormRule):
+    """RMSNorm over the last dim (``nn.RMSNorm``, ``F.rms_norm``): as LayerNorm,
+    its sum of squares divided by the original count; a dropped zero stays zero."""
+
+    name = "rms_norm"
+    PARAMETERS = {"weight": 2}
+
+    def keeps_zero(self, names: dict[str, str | None]) -> bool:
+        return True  # 0 * rsqrt(...) = 0
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        cum = rw.kept_prefix(node.args[0], -1)
+        if cum is None:
+            return
+        total, kept = cum.numel() - 1, int(cum[-1])
+        if node.op == "call_module":
+            swap_module(rw, node, lambda layer: CompactRMSNorm(layer, total, kept))
+            return
+        node.target = counted_rms_norm
+        node.args = (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "eps"))
+        node.kwargs = {}
+
+
+class GroupNormRule:
+    """GroupNorm (``nn.GroupNorm``, ``F.group_norm``): per channel once each
+    group's statistics count its dropped zeros; a group that keeps no channel
+    is gone. Each group may lose a different number of channels."""
+
+    name = "group_norm"
+    PARAMETERS = {"weight": 2, "bias": 3}
+
+    def parameters(self, node: fx.Node) -> list[Any]:
+        return [a for a in (argument(node, i, k) for k, i in self.PARAMETERS.items()) if a is not None]
+
+    @staticmethod
+    def num_groups(node: fx.Node, layer: nn.Module | None) -> Any:
+        return layer.num_groups if node.op == "call_module" else argument(node, 1, "num_groups")
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        names, code = parameter_names(node, ctx, self.PARAMETERS), ctx.code(node.args[0])
+        groups = self.num_groups(node, ctx.module(node.target) if node.op == "call_module" else None)
+        if names is None or not isinstance(groups, int) or not isinstance(code, torch.Tensor):
+            return ChannelMixingNormRule().analyze(node, ctx)
+        return counted_norm_channels(node, ctx, code, 1, value(node.args[0]).shape[1], names["weight"],
+                                     names["bias"], names["weight"] is not None)
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        cum = rw.kept_prefix(node.args[0], 1)
+        if cum is None:
+            return
+        layer = rw.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        channels, count = cum.numel() - 1, self.num_groups(node, layer)
+        size = channels // count
+        kept = (cum[1:] - cum[:-1]).bool()
+        original = torch.arange(channels)[kept] // size
+        groups = tuple(int(g) for g in torch.unique(original, return_inverse=True)[1])
+        if node.op == "call_module":
+            swap_module(rw, node, lambda layer: CompactGroupNorm(layer, groups))
+            return
+        node.target = counted_group_norm
+        node.args = (node.args[0], groups, size, argument(node, 2, "weight"), argument(node, 3, "bias"),
+                     argument(node, 4, "eps", 1e-5))
         node.kwargs = {}
 
 
@@ -178,5 +278,7 @@ class ChannelMixingNormRule:
 register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNormRule)
 register_rule(F.batch_norm, torch.batch_norm)(FunctionalBatchNormRule)
 register_rule(nn.LayerNorm, F.layer_norm)(LayerNormRule)
-register_rule(nn.GroupNorm, nn.LocalResponseNorm, F.group_norm, F.local_response_norm)(ChannelMixingNormRule)
+register_rule(nn.RMSNorm, F.rms_norm)(RMSNormRule)
+register_rule(nn.GroupNorm, F.group_norm)(GroupNormRule)
+register_rule(nn.LocalResponseNorm, F.local_response_norm)(ChannelMixingNormRule)
 
