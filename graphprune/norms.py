@@ -26,12 +26,13 @@ layer's parameter names, so state dicts keep their keys.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .compact import CompactLayer
 
 
 def counted_layer_norm(x: torch.Tensor, total: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -49,16 +50,10 @@ def counted_layer_norm(x: torch.Tensor, total: int, weight: torch.Tensor | None,
     return y
 
 
-class CompactNorm(nn.Module):
-    """A norm layer that lost channels: its statistics still count the
-    original ones. Holds the layer's own parameters (same names)."""
+class CompactNorm(CompactLayer):
+    """A norm layer that lost channels: its statistics still count the original ones."""
 
-    def rebind(self, layer: nn.Module) -> CompactNorm:
-        """This compact norm on ``layer``'s parameters (already sliced)."""
-        twin = copy.copy(self)
-        twin._parameters = dict(layer._parameters)
-        twin.training = layer.training
-        return twin
+    why = "its statistics count the channels of the original"
 
 
 class CompactLayerNorm(CompactNorm):

@@ -24,11 +24,11 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..compact import CompactLayer
 from ..copying import own_tensors, private_copy
 from ..errors import GraphpruneError
 from ..frameworks import fix_frameworks
 from ..masks import RECORD_ATTR
-from ..norms import CompactNorm
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..replace import module_graph, replace_module
@@ -60,11 +60,10 @@ def copy_layer_attributes(model: nn.Module, graph: fx.GraphModule) -> dict[str, 
         if node.op != "call_module" or str(node.target) not in modules:
             continue
         source, target = graph.get_submodule(str(node.target)), modules[str(node.target)]
-        if isinstance(source, CompactNorm) and not isinstance(target, CompactNorm):
+        if isinstance(source, CompactLayer) and not isinstance(target, CompactLayer):
             parent, _, name = str(node.target).rpartition(".")
             model.get_submodule(parent)._modules[name] = source.rebind(target)
-            compact[str(node.target)] = (f"{type(target).__name__} made compact: its statistics count the "
-                                         "channels of the original")
+            compact[str(node.target)] = f"{type(target).__name__} made compact: {source.why}"
             continue
         for key, value in source.__dict__.items():
             if (isinstance(value, SIZE_TYPES) and not isinstance(value, bool) and key in target.__dict__

@@ -25,7 +25,7 @@ from ..contract import Contract, defaults, describe, leaves, resolve
 from ..errors import ConfigError
 from ..pipeline import CompileState
 from ..rules import RULES, TensorMeta, UnknownOpRule
-from ..rules.base import has_tensor, opaque, value
+from ..rules.base import has_tensor, opaque, tensor_args, value
 from ..tensors import owner_of, split_target
 
 UNKNOWN = UnknownOpRule()
@@ -202,6 +202,24 @@ class ChannelAnalysisPass:
         state.contract = dataclasses.replace(state.contract or Contract(), **{mode: paths})
         return paths
 
+    @staticmethod
+    def attribute_channel_dim(node: fx.Node, meta: TensorMeta, ctx: AnalysisContext) -> int | None:
+        """The dim of a parameter read in forward that holds channels: its one
+        dim of size > 1, or, where it has several (a ViT's position embedding,
+        tokens x channels), the one along which the channels of what it meets
+        vary (broadcasting aligns the trailing dims); None where that is not one dim."""
+        big = [d for d, s in enumerate(meta.shape) if s > 1]
+        if len(big) == 1:
+            return big[0]
+        along = set()
+        for user in node.users:
+            for arg in tensor_args(user):
+                code = ctx.code(arg) if arg is not node else None
+                if isinstance(code, torch.Tensor):
+                    along |= {d - (code.ndim - meta.ndim) for d in ids.varying_dims(code)}
+        along &= set(big)
+        return along.pop() if len(along) == 1 else None
+
     def attribute(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         """A parameter or buffer read in ``forward`` (ConvNeXt's layer scale, a
         bias added by hand): sliceable along its one non-trivial dim.
@@ -214,11 +232,10 @@ class ChannelAnalysisPass:
             return None
         if node.users and all(self._claims(user, node, ctx) for user in node.users):
             return None
-        big = [d for d, s in enumerate(meta.shape) if s > 1]
-        if len(big) != 1:
+        dim = self.attribute_channel_dim(node, meta, ctx)
+        if dim is None:
             self.opaque_attributes.add(str(node.target))
             return opaque(node, ctx, f"constant tensor {node.target!r} is used in forward")
-        dim = big[0]
         raw = ctx.fresh(meta.shape[dim])
         ctx.add_slot(str(node.target), dim, raw, writes=True, kind="param")
         shape = [1] * meta.ndim

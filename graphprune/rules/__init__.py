@@ -3,7 +3,7 @@
 Importing this package registers the built-in rules in :data:`RULES`.
 """
 
-from . import aten, creating, elementwise, factories, layout, normalization, pointwise, reduction  # noqa: F401
+from . import aten, attention, creating, elementwise, factories, layout, normalization, pointwise, reduction  # noqa: F401
 from .base import TensorMeta, UnknownOpRule
 from .registry import RULES, OpRule, RuleRegistry, register_rule
 

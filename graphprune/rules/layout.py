@@ -39,11 +39,21 @@ if TYPE_CHECKING:
 
 
 def finish(ctx: AnalysisContext, code: torch.Tensor) -> torch.Tensor:
+    """A layout op's output code, compressed. Where ids vary along several
+    dims (a class token joined to patch tokens, a shuffle's group dim), the
+    ids at the same index of the dim with the most distinct runs are one
+    channel: unified, and that dim alone varies afterwards (one representative
+    id each; zero only where every position was)."""
     code = ids.compress(code)
     varying = ids.varying_dims(code)
     if len(varying) >= 2:
         keep_dim = max(varying, key=lambda d: (ids.distinct_runs(code, d), -d))
         ctx.unify_across(code, keep_dim)
+        others = [d for d in varying if d != keep_dim]
+        raw = ids.raw_ids(code)
+        for d in others:
+            raw = raw.narrow(d, 0, 1)
+        code = ids.encode(raw, ids.zero_bits(code).all(dim=others, keepdim=True)) if others else code
     return code
 
 

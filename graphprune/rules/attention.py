@@ -1,0 +1,66 @@
+"""Attention layers.
+
+``nn.MultiheadAttention`` used as self-attention (query, key and value one
+tensor, packed ``in_proj``, no masks) reads its input's channels through
+``in_proj``'s columns, like a linear layer, and writes fresh channels through
+``out_proj``'s rows. The heads are not pruned; the compact model runs
+:class:`~graphprune.attention.CompactMultiheadAttention` where the model dim
+lost channels. Any other use (cross-attention, masks, separate projections,
+``add_bias_kv``) pins what it reads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.fx as fx
+import torch.nn as nn
+
+from ..attention import CompactMultiheadAttention
+from .base import UnknownOpRule, argument, opaque, qualified, value
+from .creating import consume, out_code
+from .normalization import swap_module
+from .registry import register_rule
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
+
+MASKS = ("key_padding_mask", "attn_mask")
+
+
+class MultiheadAttentionRule:
+    name = "multihead_attention"
+
+    @staticmethod
+    def supported(node: fx.Node, layer: nn.MultiheadAttention) -> bool:
+        q, k, v = (argument(node, i, name) for i, name in enumerate(("query", "key", "value")))
+        masks = [argument(node, 3, MASKS[0]), argument(node, 5, MASKS[1])]
+        return (q is k is v and isinstance(q, fx.Node) and all(m is None for m in masks)
+                and not argument(node, 7, "is_causal", False) and layer._qkv_same_embed_dim
+                and layer.in_proj_weight is not None and layer.bias_k is None and layer.bias_v is None)
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        layer, path = ctx.module(node.target), str(node.target)
+        if not self.supported(node, layer):
+            return UnknownOpRule().analyze(node, ctx)
+        x = node.args[0]
+        incoming = consume(ctx, node, ctx.code(x), -1, layer.embed_dim)
+        if incoming is None:
+            return UnknownOpRule().analyze(node, ctx)
+        ctx.add_slot(qualified(path, "in_proj_weight"), 1, incoming, writes=False, kind="input")
+        raw = ctx.fresh(layer.embed_dim)
+        out_weight = qualified(path, "out_proj.weight")
+        ctx.add_slot(out_weight, 0, raw, writes=True, kind="filter")
+        if layer.out_proj.bias is not None:
+            ctx.add_slot(qualified(path, "out_proj.bias"), 0, raw, writes=True, kind="bias")
+        ctx.add_producer(qualified(path, "out_proj"), out_weight, 0, raw)
+        codes = opaque(node, ctx, f"attention weights of {path!r}")  # (output, weights or None)
+        return (out_code(raw, value(node)[0].ndim, -1), codes[1])
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        if rw.kept_prefix(node.args[0], -1) is not None or rw.kept_prefix(node, -1) is not None:
+            swap_module(rw, node, CompactMultiheadAttention)
+
+
+register_rule(nn.MultiheadAttention)(MultiheadAttentionRule)
