@@ -71,6 +71,13 @@ def compare(a: Any, b: Any, floor: float = 1e-12) -> tuple[float, float]:
     return worst_abs, worst_rel
 
 
+def largest_magnitude(tree: Any) -> float:
+    """The largest |value| over every floating tensor of an output structure."""
+    sizes = [float(t.detach().abs().max()) for t in tree_leaves(tree)
+             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    return max(sizes, default=0.0)
+
+
 @dataclass(frozen=True)
 class Verification:
     """What comparing the compact model with the masked one found.

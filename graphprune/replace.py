@@ -86,6 +86,7 @@ def replace_module(original: nn.Module, graph: fx.Graph, reason: str, keep_class
     module = cls.__new__(cls)
     state = {k: v for k, v in original.__dict__.items() if k != "forward"}
     module.__dict__.update(state)
+    module.__dict__.update(getattr(graph, "_graphprune_constants", {}))
     module.__dict__["_graphprune_graph"] = graph
     module.__dict__["graphprune_reason"] = reason
     module._compile()
@@ -112,6 +113,7 @@ class _Builder:
         self.new = fx.Graph()
         self.env: dict[str, fx.Node] = {}
         self.done_children: set[str] = set()
+        self.constants: dict[str, Any] = {}  # top-level tensor constants the forward reads
 
     def build(self) -> fx.Graph:
         self._placeholders()
@@ -191,17 +193,30 @@ class _Builder:
                                     self._value(call.kwargs))
         self._bind(call.output, node)
 
+    def _attribute(self, target: str) -> str:
+        """The name under which the rebuilt forward reads ``target``: its own,
+        or, for a tensor constant fx lifted to the traced model's top
+        (``_tensor_constant0``: a tensor made in forward), the same name on the
+        rebuilt module, which keeps a reference to it."""
+        root = self.source.owning_module
+        if self.call.path and "." not in target and root is not None and target.startswith("_tensor_constant"):
+            self.constants[target] = getattr(root, target)
+            return target
+        return _relative(target, self.call.path)
+
     def _copy(self, node: fx.Node) -> None:
         def arg(n: fx.Node) -> fx.Node:
             if n.name not in self.env and n.op == "get_attr":  # an exported graph reads parameters at the top
-                self.env[n.name] = self.new.get_attr(_relative(str(n.target), self.call.path))
+                self.env[n.name] = self.new.get_attr(self._attribute(str(n.target)))
             if n.name not in self.env:
                 raise ReplaceError(f"{node.name} uses {n.name}, which is computed outside its forward")
             return self.env[n.name]
 
         new = self.new.node_copy(node, arg)
         new.meta = {}
-        if node.op in ("call_module", "get_attr"):
+        if node.op == "get_attr":
+            new.target = self._attribute(str(node.target))
+        elif node.op == "call_module":
             new.target = _relative(str(node.target), self.call.path)
         self.env[node.name] = new
 
@@ -222,4 +237,7 @@ def module_graph(graph: fx.Graph, call: ModuleCall, calls: list[ModuleCall], mod
     children collapsed back into calls of those children. Raises
     :class:`ReplaceError` where the call cannot stand on its own."""
     by_key = {c.key: c for c in calls}
-    return _Builder(graph, call, by_key, module).build()
+    builder = _Builder(graph, call, by_key, module)
+    new = builder.build()
+    new._graphprune_constants = builder.constants  # read by replace_module
+    return new

@@ -24,6 +24,28 @@ ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, opera
               operator.neg, operator.getitem}
 
 
+def sized_tensors(node: fx.Node) -> list[fx.Node]:
+    """The tensors whose sizes feed ``node``'s arguments through size
+    arithmetic (``b, c, h, w = x.size(); y.view(b, c // g, ...)``): pruning
+    their channels changes those arguments even where ``node``'s own tensor
+    inputs keep theirs."""
+    found: list[fx.Node] = []
+    seen: set[fx.Node] = set()
+
+    def visit(arg: fx.Node) -> None:
+        if arg in seen:
+            return
+        seen.add(arg)
+        read = size_read(arg)
+        if read is not None:
+            found.append(read[0])
+        elif arg.op == "call_function" and arg.target in ARITHMETIC:
+            fx.node.map_arg((arg.args, arg.kwargs), visit)
+
+    fx.node.map_arg((node.args, node.kwargs), visit)
+    return found
+
+
 class RewriteContext:
     """What a rule's ``rewrite`` may ask about the compact graph."""
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
+from .rules.registry import RULES
+
 #: gm.meta key: the list of :class:`ModuleCall` of a traced graph
 CALLS_KEY = "graphprune.calls"
 
@@ -122,6 +124,9 @@ class GraphpruneTracer(fx.Tracer):
         if count is not None:
             return _Pieces(node, self, count)
         return super().proxy(node)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or RULES.traced_whole(m)
 
     def keys(self, obj: fx.Proxy) -> Any:
         if obj.node.op == "placeholder" and str(obj.node.target).startswith("**"):

@@ -104,3 +104,61 @@ def test_multihead_attention_with_weights_prunes_and_cross_attention_is_pinned(c
     x = torch.randn(7, 3, 6)
     with torch.no_grad():
         assert torch.allclose(result.compact(x), result.masked(x), atol=1e-5)
+
+
+def small_swin(v2: bool):
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    kw = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}
+    return SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                           num_classes=5, **kw).eval()
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["swin", "swin_v2"])
+def test_swin_window_attention_and_patch_merging_are_pruned_exactly(v2, tmp_path):
+    from graphprune.attention import CompactWindowAttention
+
+    model = small_swin(v2)
+    x = torch.randn(2, 3, 36, 36)  # 9x9 tokens: windows padded, shifted windows masked
+    result = graphprune.prune(model, x, ratio=0.5, mode="group")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    assert report.prunable_fraction > 0.99 and report.params_after < 0.6 * report.params_before
+    block = result.compact.features[1][1]  # a shifted block of the first stage
+    assert isinstance(block.attn, CompactWindowAttention) and block.attn.shift_size == [2, 2]
+    width = block.attn.qkv.weight.shape[1]
+    assert width < 24 and block.attn.proj.weight.shape[0] == width
+    assert result.compact.features[2].reduction.in_features == 4 * width  # patch merging: 4 phases of the stream
+    assert list(result.compact.state_dict()) == list(model.state_dict())
+    fresh = torch.randn(3, 3, 36, 36)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+    info = export_onnx(result.compact, x, tmp_path / "swin.onnx")
+    assert info.max_abs_error <= 1e-4
+
+
+def test_window_attention_equals_torchvisions_at_full_width():
+    from torchvision.models.swin_transformer import shifted_window_attention as torchvision_attention
+
+    from graphprune.attention import shifted_window_attention
+
+    g = torch.Generator().manual_seed(2)
+    for (h, w, shift), logit in [((14, 14, [3, 3]), None), ((10, 9, [3, 3]), None), ((10, 9, [3, 3]), 2.0),
+                                 ((4, 4, [3, 3]), None)]:
+        x, qkv, proj = torch.randn(2, h, w, 24, generator=g), torch.randn(72, 24, generator=g), torch.randn(24, 24, generator=g)
+        bias, qkv_bias, proj_bias = torch.randn(1, 3, 49, 49, generator=g), torch.randn(72, generator=g), torch.randn(24, generator=g)
+        scale = None if logit is None else torch.full((3, 1, 1), logit)
+        args = (x, qkv, proj, bias, [7, 7], 3)
+        kwargs = dict(shift_size=shift, qkv_bias=qkv_bias, proj_bias=proj_bias, logit_scale=scale, training=False)
+        assert torch.allclose(shifted_window_attention(*args, **kwargs), torchvision_attention(*args, **kwargs),
+                              rtol=0, atol=1e-4)
+
+
+def test_a_model_whose_outputs_are_all_zero_is_said_to_prove_little():
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=5).eval()  # torchvision's head starts at zero
+    result = graphprune.prune(model, torch.randn(1, 3, 32, 32))
+    assert any("outputs are all zero" in note for note in result.report.notes)

@@ -27,6 +27,7 @@ from ..copying import light_copy
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..replace import ReplaceError, module_graph
+from ..rewriting import sized_tensors
 from ..rules import RULES
 from ..rules.base import tensor_args
 from ..tracing import CALLS_KEY
@@ -71,7 +72,7 @@ class StructurePass:
                     continue
                 reason = (f"pruning would change a constant in the forward of {where} ({what}, node {name}), "
                           f"which graphprune cannot rebuild: {problem}")
-                for arg in tensor_args(nodes[name]):
+                for arg in tensor_args(nodes[name]) + sized_tensors(nodes[name]):
                     code = codes.get(arg.name)
                     if isinstance(code, torch.Tensor):
                         state.channels.pin(ids.raw_ids(code), reason)

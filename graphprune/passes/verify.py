@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..contract import pick
 from ..errors import VerificationError, first_line
-from ..numerics import Verification, compare, fresh_copy, input_batches
+from ..numerics import Verification, compare, fresh_copy, input_batches, largest_magnitude
 from ..pipeline import CompileState
 from ..rewriting import RewriteContext
 from ..slicing import masked_graph
@@ -153,12 +153,13 @@ class VerifyPass:
 
     @staticmethod
     def eval_check(state: CompileState, batches: list[tuple]) -> tuple[float, float, tuple | None]:
-        worst_abs = worst_rel = 0.0
+        worst_abs = worst_rel = largest = 0.0
         failing = None
         paths = state.contract.eval if state.contract is not None else None
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 expected = pick(state.masked(*fresh_copy(batch)), paths)
+                largest = max(largest, largest_magnitude(expected))
                 # the user's-class model on every batch; its graph form (what ONNX export
                 # writes; the same arithmetic, so one batch) on the example
                 models = [state.compact] + ([state.compact_graph] if state.compact_graph is not None and i == 0 else [])
@@ -171,6 +172,10 @@ class VerifyPass:
                     worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, rel)
                     if rel > state.config.tolerance and failing is None:
                         failing = batch
+        if largest == 0.0:
+            state.notes.append("the masked model's outputs are all zero on the checked inputs, so comparing "
+                               "them proves little: give the model its trained weights (a zero-initialised "
+                               "head, as in torchvision's ViT, outputs zeros)")
         return worst_abs, worst_rel, failing
 
     @staticmethod

@@ -7,6 +7,11 @@ tensor, packed ``in_proj``, no masks) reads its input's channels through
 :class:`~graphprune.attention.CompactMultiheadAttention` where the model dim
 lost channels. Any other use (cross-attention, masks, separate projections,
 ``add_bias_kv``) pins what it reads.
+
+Swin's window attention block (torchvision's ``ShiftedWindowAttention`` and
+``...V2``, traced as one call) is the same: ``qkv``'s columns read the model
+dim, ``proj``'s rows and bias write it; the compact model runs
+:class:`~graphprune.attention.CompactWindowAttention`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 import torch.nn as nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
-from ..attention import CompactMultiheadAttention
+from ..attention import CompactMultiheadAttention, CompactWindowAttention
 from .base import UnknownOpRule, argument, opaque, qualified, value
 from .creating import consume, out_code
 from .normalization import swap_module
@@ -63,4 +69,33 @@ class MultiheadAttentionRule:
             swap_module(rw, node, CompactMultiheadAttention)
 
 
+class WindowAttentionRule:
+    """torchvision's Swin window attention block, kept as one call: ``qkv``'s
+    columns read the model dim, ``proj``'s rows and bias write it."""
+
+    name = "window_attention"
+    whole = True
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        layer, path = ctx.module(node.target), str(node.target)
+        x = node.args[0] if node.args else None
+        if len(node.args) != 1 or node.kwargs or not isinstance(ctx.code(x), object):
+            return UnknownOpRule().analyze(node, ctx)
+        incoming = consume(ctx, node, ctx.code(x), -1, layer.qkv.in_features)
+        if incoming is None:
+            return UnknownOpRule().analyze(node, ctx)
+        ctx.add_slot(qualified(path, "qkv.weight"), 1, incoming, writes=False, kind="input")
+        raw = ctx.fresh(layer.proj.out_features)
+        ctx.add_slot(qualified(path, "proj.weight"), 0, raw, writes=True, kind="filter")
+        if layer.proj.bias is not None:
+            ctx.add_slot(qualified(path, "proj.bias"), 0, raw, writes=True, kind="bias")
+        ctx.add_producer(qualified(path, "proj"), qualified(path, "proj.weight"), 0, raw)
+        return out_code(raw, value(node).ndim, -1)
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        if rw.kept_prefix(node.args[0], -1) is not None or rw.kept_prefix(node, -1) is not None:
+            swap_module(rw, node, CompactWindowAttention)
+
+
 register_rule(nn.MultiheadAttention)(MultiheadAttentionRule)
+register_rule(ShiftedWindowAttention, ShiftedWindowAttentionV2)(WindowAttentionRule)

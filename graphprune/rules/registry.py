@@ -9,6 +9,8 @@ A rule is an object with
 - optionally ``rewrite(node, compact)``: fix what the node encodes about
   channel counts (module attributes, split sizes, view shapes) once the
   compact model's parameters have been sliced;
+- optionally, for a module rule, ``whole = True``: the tracer keeps the
+  module as one call instead of tracing its forward (a library's block);
 - optionally, for a module rule, ``fix_module(module)``: set the module's
   size attributes (``in_channels``, ``num_features``, ...) from its sliced
   tensors; this keeps a pruned copy of the user's own model consistent.
@@ -80,6 +82,13 @@ class RuleRegistry:
         if node.op == "call_method":
             return self._methods.get(node.target)
         return None
+
+    def traced_whole(self, module: nn.Module) -> bool:
+        """Whether the tracer keeps ``module`` as one call: its rule (for its
+        own class, forward not overridden) says ``whole = True`` (a block of a
+        library whose forward the rule understands as one op)."""
+        rule = self._modules.get(type(module))
+        return rule is not None and getattr(rule, "whole", False)
 
     def module_rule(self, module: nn.Module) -> OpRule | None:
         """The rule registered for ``module``'s class or its nearest base class,
