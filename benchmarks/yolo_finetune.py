@@ -15,12 +15,15 @@ mAP50 and mAP50-95 on the val split for
   and train the compact model K epochs;
 
 with params, FLOPs (``report.flops_before/after``, at the training size),
-ONNX Runtime latency of dense vs compact (``graphprune.compare_latency``),
-and the time of every stage and of the whole run.
+ONNX Runtime latency of dense vs compact (``graphprune.compare_latency``;
+at imgsz by default, where a model this small is dominated by per-operator
+overhead), and the time of every stage and of the whole run.
 
-    python benchmarks/yolo_finetune.py                  # defaults, about 10 minutes on 2 cores
-    python benchmarks/yolo_finetune.py --quick          # a smoke run, about 2 minutes
+    python benchmarks/yolo_finetune.py                  # defaults, about 28 minutes on 2 busy cores
+    python benchmarks/yolo_finetune.py --quick          # a smoke run, about 4 minutes on 2 cores
     python benchmarks/yolo_finetune.py --ratios 0.5 --finetune-epochs 3 --json out.json
+    python benchmarks/yolo_finetune.py --latency-size 640    # time ONNX Runtime at 640 (FLOPs recounted there)
+    python benchmarks/yolo_finetune.py --round-to auto       # channel counts in ONNX Runtime's block (faster there)
 
 Everything runs offline on CPU (``device="cpu"``, ``workers=0``, no plots, no
 AMP); ultralytics' run folders go under a temporary directory. Every model is
@@ -49,8 +52,8 @@ import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-DEFAULTS = dict(train=800, val=200, size=96, classes=3, dense_epochs=20, finetune_epochs=5, batch=16)
-QUICK = dict(train=120, val=40, size=64, classes=3, dense_epochs=6, finetune_epochs=1, batch=16)
+DEFAULTS = dict(train=1000, val=200, size=96, classes=3, dense_epochs=20, finetune_epochs=5, batch=16)
+QUICK = dict(train=300, val=50, size=64, classes=3, dense_epochs=15, finetune_epochs=3, batch=16)
 
 
 def log(message: str) -> None:
@@ -103,11 +106,17 @@ def row(ratio, stage, kind, model, flops, metrics, work_s) -> dict:
                 map=map5095, work_s=work_s, val_s=val_s)
 
 
-def latency(dense, compact, x, flops, work: Path, tag: str, args) -> dict:
-    """Dense vs compact on ONNX Runtime (exported here, timed in interleaved rounds)."""
+def latency(dense, compact, flops, work: Path, tag: str, args) -> dict:
+    """Dense vs compact on ONNX Runtime (exported here, timed in interleaved rounds) at --latency-size;
+    ``flops`` are the report's (at imgsz), recounted when the latency size differs."""
     import graphprune
+    from graphprune.flops import count_flops
 
     start = time.perf_counter()
+    size = args.latency_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
+    if size != args.imgsz:
+        flops = tuple(count_flops(m.eval(), (x,)) for m in (dense, compact))
     paths = []
     for name, model in (("dense", dense), (tag, compact)):
         path = work / "onnx" / f"{name}.onnx"
@@ -117,6 +126,7 @@ def latency(dense, compact, x, flops, work: Path, tag: str, args) -> dict:
     cmp = graphprune.compare_latency(*paths, x, flops=flops, rounds=args.rounds, runs=args.runs,
                                      threads=args.threads)
     return dict(dense_ms=cmp.dense.median_ms, compact_ms=cmp.compact.median_ms, speedup=cmp.speedup,
+                dense_p90_ms=cmp.dense.p90_ms, compact_p90_ms=cmp.compact.p90_ms, flops=flops,
                 flops_ratio=cmp.flops_ratio, seconds=time.perf_counter() - start)
 
 
@@ -126,7 +136,8 @@ def prune_and_recover(dense, ratio: float, x, stages: Stages, args) -> tuple[lis
 
     tag = f"cr{ratio:g}"
     start = time.perf_counter()
-    result = graphprune.prune(dense.eval(), x, ratio=ratio, criterion=args.criterion, mode="per_layer")
+    result = graphprune.prune(dense.eval(), x, ratio=ratio, criterion=args.criterion, mode="per_layer",
+                              round_to=args.round_to)
     prune_s = time.perf_counter() - start
     before, after = result.report.flops_before, result.report.flops_after
     log(f"CR {ratio}: pruned in {prune_s:.1f}s, params {result.report.params_before:,} -> "
@@ -142,7 +153,8 @@ def prune_and_recover(dense, ratio: float, x, stages: Stages, args) -> tuple[lis
     start = time.perf_counter()
     rebuilt = graphprune.reconstruct(masked)
     rec_s = time.perf_counter() - start
-    rows.append(row(ratio, "reconstructed (of masked fine-tune)", "compact", rebuilt.compact, after,
+    rows.append(row(ratio, "reconstructed (of masked fine-tune)", "compact", rebuilt.compact,
+                    rebuilt.report.flops_after,
                     stages.val(rebuilt.compact, f"{tag}-reconstructed"), rec_s))
 
     compact, train_s = stages.train(result.compact, f"{tag}-compact", args.finetune_epochs)
@@ -155,7 +167,7 @@ def prune_and_recover(dense, ratio: float, x, stages: Stages, args) -> tuple[lis
                   exact=rebuilt.report.exact, max_abs_error=rebuilt.report.max_abs_error,
                   params_before=result.report.params_before, params_after=result.report.params_after,
                   flops_before=before, flops_after=after,
-                  latency=latency(dense, rebuilt.compact, x, (before, after), stages.work, tag, args))
+                  latency=latency(dense, rebuilt.compact, (before, after), stages.work, tag, args))
     return rows, record
 
 
@@ -164,7 +176,7 @@ def print_tables(meta: dict, rows: list[dict], records: list[dict]) -> None:
     print(f"yolov8n on a synthetic detection set ({meta['train']} train / {meta['val']} val images, "
           f"{meta['size']} px, {meta['classes']} classes), imgsz {meta['imgsz']}, CPU, seed {meta['seed']}; "
           f"dense {meta['dense_epochs']} epochs from yaml, fine-tune {meta['finetune_epochs']} epochs; "
-          f"per-layer {meta['criterion']}; ultralytics {meta['ultralytics']}, torch {meta['torch']}")
+          f"per-layer {meta['criterion']}, round_to {meta['round_to']}; ultralytics {meta['ultralytics']}, torch {meta['torch']}")
     print("| CR | stage | model | params M | GFLOPs | mAP50 | mAP50-95 | vs dense | stage s | val s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -183,16 +195,21 @@ def print_tables(meta: dict, rows: list[dict], records: list[dict]) -> None:
               f"{r['reconstructed_map'] - r['masked_map']:+.6f} | {r['masked_map50']:.6f} | "
               f"{r['reconstructed_map50']:.6f} | {r['reconstructed_map50'] - r['masked_map50']:+.6f} | "
               f"{r['exact']} | {err} |")
+    same = all(r["reconstructed_map"] == r["masked_map"] and r["reconstructed_map50"] == r["masked_map50"]
+               for r in records)
+    print(f"Reconstructed mAP == masked mAP at every CR: {same}; verified exact at every CR: "
+          f"{all(r['exact'] for r in records)}")
     print()
-    print(f"ONNX Runtime CPU, 1x3x{meta['imgsz']}x{meta['imgsz']}, {meta['threads']} threads, "
+    print(f"ONNX Runtime CPU, 1x3x{meta['latency_size']}x{meta['latency_size']}, {meta['threads']} threads, "
           f"median of {meta['rounds']} interleaved rounds x {meta['runs']} runs (dense vs reconstructed compact):")
-    print("| CR | params | GFLOPs | dense ms | compact ms | speed-up | FLOPs ratio |")
+    print("| CR | params | GFLOPs | dense ms (p90) | compact ms (p90) | speed-up | FLOPs ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in records:
         lat = r["latency"]
         print(f"| {r['ratio']:g} | {r['params_before'] / 1e6:.3f}M -> {r['params_after'] / 1e6:.3f}M | "
-              f"{r['flops_before'] / 1e9:.3f} -> {r['flops_after'] / 1e9:.3f} | {lat['dense_ms']:.2f} | "
-              f"{lat['compact_ms']:.2f} | {lat['speedup']:.2f}x | {lat['flops_ratio']:.2f}x |")
+              f"{lat['flops'][0] / 1e9:.3f} -> {lat['flops'][1] / 1e9:.3f} | {lat['dense_ms']:.2f} "
+              f"({lat['dense_p90_ms']:.2f}) | {lat['compact_ms']:.2f} ({lat['compact_p90_ms']:.2f}) | "
+              f"{lat['speedup']:.2f}x | {lat['flops_ratio']:.2f}x |")
     print()
     print("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in meta["stage_seconds"].items())
           + f"; whole run {meta['total_seconds']:.0f} s")
@@ -200,7 +217,7 @@ def print_tables(meta: dict, rows: list[dict], records: list[dict]) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a small smoke run (about 2 minutes); "
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (about 4 minutes on 2 cores); "
                         "flags given explicitly still override it")
     parser.add_argument("--train", type=int, help=f"train images (default {DEFAULTS['train']})")
     parser.add_argument("--val", type=int, help=f"val images (default {DEFAULTS['val']})")
@@ -212,10 +229,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, help=f"batch size (default {DEFAULTS['batch']})")
     parser.add_argument("--ratios", default="0.5,0.7")
     parser.add_argument("--criterion", default="l1")
+    parser.add_argument("--round-to", type=lambda s: s if s == "auto" else int(s), default=1,
+                        help="kept channels per group rounded to a multiple of this (default 1: exact counts, the "
+                        "API's default; 'auto': ONNX Runtime's NCHWc block on this CPU, faster there)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved ONNX Runtime timing rounds")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per round")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--latency-size", type=int, help="input size for ONNX Runtime latency (default: --imgsz)")
     parser.add_argument("--keep", type=Path, help="write the dataset, runs and checkpoints here (kept)")
     parser.add_argument("--verbose", action="store_true", help="show ultralytics' own logs")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
@@ -224,6 +245,7 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.imgsz = args.imgsz or args.size
+    args.latency_size = args.latency_size or args.imgsz
     return args
 
 
@@ -257,8 +279,8 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[dict], list[di
         stage_seconds[f"CR {ratio:g} (all stages)"] = time.perf_counter() - start
         stage_seconds[f"CR {ratio:g} ONNX export+latency"] = record["latency"]["seconds"]
     meta = {k: getattr(args, k) for k in ("train", "val", "size", "classes", "imgsz", "dense_epochs",
-                                          "finetune_epochs", "batch", "criterion", "seed", "rounds", "runs",
-                                          "threads")}
+                                          "finetune_epochs", "batch", "criterion", "round_to", "seed", "rounds",
+                                          "runs", "threads", "latency_size")}
     meta.update(ultralytics=ultralytics.__version__, torch=torch.__version__, stage_seconds=stage_seconds)
     return meta, rows, records
 
