@@ -130,12 +130,14 @@ def shifted_window_attention(input: torch.Tensor, qkv_weight: torch.Tensor, proj
     return x[:, :height, :width, :].contiguous()
 
 
-class CompactWindowAttention(CompactLayer):
-    """A Swin block's window attention (torchvision's ``ShiftedWindowAttention``
-    or ``...V2``) whose model dim lost channels: the layer's tensors, names and
-    settings, its own relative-position bias, and :func:`shifted_window_attention`."""
+class CompactBlock(CompactLayer):
+    """A library's attention block whose model dim lost channels: the block's
+    tensors, names and settings, its own relative-position-bias method, and a
+    forward that takes the heads' width from its weights."""
 
-    why = "its model dim is narrower than its heads (qkv's columns and proj's rows sliced)"
+    why = "its model dim is narrower than its heads (the input projection's columns and the output's rows sliced)"
+    #: the block class's method that computes its relative-position bias
+    BIAS_METHOD = ""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -143,7 +145,14 @@ class CompactWindowAttention(CompactLayer):
                               if k not in ("_parameters", "_buffers", "_modules", "forward")})
         self._parameters, self._buffers, self._modules = (dict(layer._parameters), dict(layer._buffers),
                                                           dict(layer._modules))
-        self.position_bias = type(layer).get_relative_position_bias  # the layer's own method
+        self.position_bias = getattr(type(layer), self.BIAS_METHOD)  # the layer's own method
+
+
+class CompactWindowAttention(CompactBlock):
+    """A Swin block's window attention (torchvision's ``ShiftedWindowAttention``
+    or ``...V2``) running :func:`shifted_window_attention`."""
+
+    BIAS_METHOD = "get_relative_position_bias"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return shifted_window_attention(
@@ -156,3 +165,23 @@ class CompactWindowAttention(CompactLayer):
         return (f"model dim {self.qkv.weight.shape[1]} -> {self.proj.weight.shape[0]}, {self.num_heads} heads of "
                 f"{self.qkv.weight.shape[0] // 3 // self.num_heads}, window {self.window_size}, "
                 f"shift {self.shift_size}")
+
+
+class CompactRelativeAttention(CompactBlock):
+    """MaxViT's ``RelativePositionalMultiHeadAttention`` (on (B, groups,
+    positions, D)): the heads' width is ``n_heads * head_dim``, not the input's."""
+
+    BIAS_METHOD = "get_relative_positional_bias"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, groups, positions, _ = x.shape
+        heads, width = self.n_heads, self.n_heads * self.head_dim
+        q, k, v = (t.reshape(b, groups, positions, heads, self.head_dim).permute(0, 1, 3, 2, 4)
+                   for t in self.to_qkv(x).chunk(3, dim=-1))
+        scores = torch.softmax(q @ (k * self.scale_factor).transpose(-2, -1) + self.position_bias(self), dim=-1)
+        out = (scores @ v).permute(0, 1, 3, 2, 4).reshape(b, groups, positions, width)
+        return self.merge(out)
+
+    def extra_repr(self) -> str:
+        return (f"model dim {self.to_qkv.weight.shape[1]} -> {self.merge.weight.shape[0]}, {self.n_heads} heads "
+                f"of {self.head_dim}")

@@ -162,3 +162,25 @@ def test_a_model_whose_outputs_are_all_zero_is_said_to_prove_little():
                               num_classes=5).eval()  # torchvision's head starts at zero
     result = graphprune.prune(model, torch.randn(1, 3, 32, 32))
     assert any("outputs are all zero" in note for note in result.report.notes)
+
+
+def test_maxvit_relative_attention_is_pruned_exactly():
+    from torchvision.models.maxvit import MaxVit
+
+    from graphprune.attention import CompactRelativeAttention
+
+    torch.manual_seed(0)
+    model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                   block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=5).eval()
+    result = graphprune.prune(model, torch.randn(2, 3, 32, 32), ratio=0.5, mode="group")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    assert report.prunable_fraction > 0.99
+    attention = result.compact.blocks[0].layers[0].layers.window_attention.attn_layer[1]
+    assert isinstance(attention, CompactRelativeAttention)
+    width = attention.to_qkv.weight.shape[1]
+    assert width < 16 and attention.merge.weight.shape == (width, 16)  # two heads of 8 stay whole
+    fresh = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()

@@ -9,9 +9,10 @@ lost channels. Any other use (cross-attention, masks, separate projections,
 ``add_bias_kv``) pins what it reads.
 
 Swin's window attention block (torchvision's ``ShiftedWindowAttention`` and
-``...V2``, traced as one call) is the same: ``qkv``'s columns read the model
-dim, ``proj``'s rows and bias write it; the compact model runs
-:class:`~graphprune.attention.CompactWindowAttention`.
+``...V2``) and MaxViT's relative attention, traced as one call, are the same:
+an input projection's columns read the model dim, an output projection's
+rows and bias write it; the compact model runs their compact forms
+(:mod:`graphprune.attention`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 import torch.nn as nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
-from ..attention import CompactMultiheadAttention, CompactWindowAttention
+from ..attention import CompactMultiheadAttention, CompactRelativeAttention, CompactWindowAttention
 from .base import UnknownOpRule, argument, opaque, qualified, value
 from .creating import consume, out_code
 from .normalization import swap_module
@@ -69,33 +71,42 @@ class MultiheadAttentionRule:
             swap_module(rw, node, CompactMultiheadAttention)
 
 
-class WindowAttentionRule:
-    """torchvision's Swin window attention block, kept as one call: ``qkv``'s
-    columns read the model dim, ``proj``'s rows and bias write it."""
+class ProjectedBlockRule:
+    """A library's attention block traced as one call, which reads its input's
+    last dim through one linear layer's columns and writes its output through
+    another's rows (Swin's window attention: ``qkv`` and ``proj``; MaxViT's:
+    ``to_qkv`` and ``merge``). Where the model dim lost channels the compact
+    model runs the block's compact form."""
 
-    name = "window_attention"
+    name = "attention_block"
     whole = True
+
+    def __init__(self, reads: str, writes: str, compact: type):
+        self.reads, self.writes, self.compact = reads, writes, compact
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         layer, path = ctx.module(node.target), str(node.target)
-        x = node.args[0] if node.args else None
-        if len(node.args) != 1 or node.kwargs or not isinstance(ctx.code(x), object):
+        if len(node.args) != 1 or node.kwargs:
             return UnknownOpRule().analyze(node, ctx)
-        incoming = consume(ctx, node, ctx.code(x), -1, layer.qkv.in_features)
+        source, sink = layer.get_submodule(self.reads), layer.get_submodule(self.writes)
+        incoming = consume(ctx, node, ctx.code(node.args[0]), -1, source.in_features)
         if incoming is None:
             return UnknownOpRule().analyze(node, ctx)
-        ctx.add_slot(qualified(path, "qkv.weight"), 1, incoming, writes=False, kind="input")
-        raw = ctx.fresh(layer.proj.out_features)
-        ctx.add_slot(qualified(path, "proj.weight"), 0, raw, writes=True, kind="filter")
-        if layer.proj.bias is not None:
-            ctx.add_slot(qualified(path, "proj.bias"), 0, raw, writes=True, kind="bias")
-        ctx.add_producer(qualified(path, "proj"), qualified(path, "proj.weight"), 0, raw)
+        ctx.add_slot(qualified(path, f"{self.reads}.weight"), 1, incoming, writes=False, kind="input")
+        raw = ctx.fresh(sink.out_features)
+        weight = qualified(path, f"{self.writes}.weight")
+        ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
+        if sink.bias is not None:
+            ctx.add_slot(qualified(path, f"{self.writes}.bias"), 0, raw, writes=True, kind="bias")
+        ctx.add_producer(qualified(path, self.writes), weight, 0, raw)
         return out_code(raw, value(node).ndim, -1)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         if rw.kept_prefix(node.args[0], -1) is not None or rw.kept_prefix(node, -1) is not None:
-            swap_module(rw, node, CompactWindowAttention)
+            swap_module(rw, node, self.compact)
 
 
 register_rule(nn.MultiheadAttention)(MultiheadAttentionRule)
-register_rule(ShiftedWindowAttention, ShiftedWindowAttentionV2)(WindowAttentionRule)
+register_rule(ShiftedWindowAttention, ShiftedWindowAttentionV2)(
+    ProjectedBlockRule("qkv", "proj", CompactWindowAttention))
+register_rule(RelativePositionalMultiHeadAttention)(ProjectedBlockRule("to_qkv", "merge", CompactRelativeAttention))
