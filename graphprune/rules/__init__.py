@@ -3,7 +3,18 @@
 Importing this package registers the built-in rules in :data:`RULES`.
 """
 
-from . import aten, attention, creating, elementwise, factories, layout, normalization, pointwise, reduction  # noqa: F401
+from . import (  # noqa: F401
+    aten,
+    attention,
+    creating,
+    elementwise,
+    factories,
+    layout,
+    merging,
+    normalization,
+    pointwise,
+    reduction,
+)
 from .base import TensorMeta, UnknownOpRule
 from .registry import RULES, OpRule, RuleRegistry, register_rule
 

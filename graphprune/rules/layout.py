@@ -28,7 +28,6 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.node import map_aggregate
-from torchvision.models.swin_transformer import _patch_merging_pad
 
 from .. import ids
 from .base import TensorMeta, call, describe, size_read, substitute, tensor_args, value
@@ -390,25 +389,7 @@ register_rule(
     torch.permute, torch.transpose, torch.swapaxes, torch.unsqueeze, torch.movedim, torch.t,
     "permute", "transpose", "unsqueeze", "movedim", "t",
 )(DimMovingRule)
-class PatchMergingRule:
-    """torchvision's Swin ``_patch_merging_pad(x)`` on (N, H, W, C): zero-pads
-    H and W to even and joins the four 2x2 phases along C, so its output is
-    the input's channels four times over (zeros stay zero)."""
-
-    name = "patch_merging"
-
-    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
-        code = ctx.code(node.args[0])
-        if not isinstance(code, torch.Tensor) or len(node.args) != 1:
-            return None
-        if any(d != code.ndim - 1 for d in ids.varying_dims(code)):
-            ctx.pin_code(code, f"{describe(node)} (node {node.name}) mixes positions whose channels differ")
-            code = ids.compress(code.narrow(1, 0, 1).narrow(2, 0, 1))
-        return ids.compress(torch.cat([code] * 4, dim=-1))
-
-
 register_rule(torch.cat, torch.concat, torch.concatenate)(ConcatRule)
-register_rule(_patch_merging_pad)(PatchMergingRule)
 register_rule(torch.stack)(StackRule)
 register_rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle)(ChannelShuffleRule)
 register_rule(operator.getitem)(GetItemRule)
