@@ -427,6 +427,15 @@ class FuzzNet(nn.Module):
             return F.layer_norm(x, x.shape[1:])
         return self.layers[key](x)
 
+    def make_attn(self, key, spec, src):
+        self.layers[key] = nn.MultiheadAttention(src[0].c, spec["heads"], batch_first=True)
+
+    def do_attn(self, key, spec, args):
+        x = args[0]
+        tokens = x.flatten(2).transpose(1, 2)  # (N, positions, C)
+        y, _ = self.layers[key](tokens, tokens, tokens, need_weights=spec["weights"])
+        return y.transpose(1, 2).unflatten(2, tuple(spec["hw"]))
+
     def do_custom(self, key, spec, args):
         # Called by their global names: torch.fx.wrap makes those names leaves.
         if spec["name"] == "roll":
@@ -507,7 +516,7 @@ OP_WEIGHTS = {
     "sub": 1, "mul": 2, "div": 1, "maximum": 1, "se": 2, "shuffle": 2, "up": 2, "pool": 3,
     "flatten": 2, "linear": 2, "cl_linear": 1, "norm": 2, "custom": 1, "twice": 1, "chanreduce": 1,
     "bcast": 1, "softmax": 1, "param": 1, "pad": 1, "fconv": 1, "interleave": 1, "pixel_shuffle": 1,
-    "gather": 1, "roundtrip": 2,
+    "gather": 1, "roundtrip": 2, "attn": 1,
 }
 MAX_C = 12
 MAX_FEATURES = 192
@@ -818,6 +827,15 @@ class Builder:
         how = ch.choice(["layer", "group", "f_group", "f_layer"]) if m.is_map else "layer"
         groups = ch.choice([g for g in (1, 2, 3, 4) if m.c % g == 0])
         self.emit(dict(op="norm", src=[src], how=how, groups=groups), [m])
+        return True
+
+    def attn(self) -> bool:
+        src = self.pick(lambda m: m.is_map)
+        if src is None:
+            return False
+        m = self.metas[src]
+        heads = self.choose.choice([h for h in (1, 2, 3, 4) if m.c % h == 0])
+        self.emit(dict(op="attn", src=[src], heads=heads, weights=self.choose.boolean(), hw=[m.h, m.w]), [m])
         return True
 
     def custom(self) -> bool:

@@ -21,7 +21,8 @@ from ..tensors import get_tensor, owner_of
 from .base import TensorMeta, argument, describe, opaque, tensor_args, value
 from .creating import ConvCall, conv_channels, linear_channels
 from .elementwise import ElementwiseRule, ProductRule, QuotientRule
-from .layout import ConcatRule, DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule, StackRule
+from .joining import ConcatRule, StackRule
+from .layout import DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule
 from .normalization import ChannelMixingNormRule, batch_norm_channels
 from .pointwise import PointwiseRule, SpatialRule
 from .reduction import ReductionRule, SoftmaxRule

@@ -38,16 +38,16 @@ if TYPE_CHECKING:
     from ..rewriting import RewriteContext
 
 
-def finish(ctx: AnalysisContext, code: torch.Tensor) -> torch.Tensor:
+def finish(ctx: AnalysisContext, code: torch.Tensor, prefer: int | None = None) -> torch.Tensor:
     """A layout op's output code, compressed. Where ids vary along several
     dims (a class token joined to patch tokens, a shuffle's group dim), the
-    ids at the same index of the dim with the most distinct runs are one
-    channel: unified, and that dim alone varies afterwards (one representative
-    id each; zero only where every position was)."""
+    ids at the same index of the channel dim are one channel: unified, and that dim alone varies afterwards (one representative
+    id each; zero only where every position was). The channel dim is
+    ``prefer`` where the rule knows it, else the dim with the most distinct runs."""
     code = ids.compress(code)
     varying = ids.varying_dims(code)
     if len(varying) >= 2:
-        keep_dim = max(varying, key=lambda d: (ids.distinct_runs(code, d), -d))
+        keep_dim = prefer if prefer in varying else max(varying, key=lambda d: (ids.distinct_runs(code, d), -d))
         ctx.unify_across(code, keep_dim)
         others = [d for d in varying if d != keep_dim]
         raw = ids.raw_ids(code)
@@ -66,6 +66,10 @@ class LayoutRule:
         size (permute, cat along another dim) runs on compressed codes."""
         return None
 
+    def channel_dim(self, node: fx.Node, ctx: AnalysisContext) -> int | None:
+        """The output dim that holds channels, where the op knows (else None)."""
+        return None
+
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         dims = self.materialized_dims(node, ctx)
         args, kwargs = substitute(node, lambda n: ids.expand_dims(ctx.code(n), value(n).shape, dims))
@@ -73,7 +77,8 @@ class LayoutRule:
             out = call(node, ctx.gm, args, kwargs, getattr(ctx, "modules", None))
         except Exception:  # the op refuses integer tensors: let the unknown rule pin it
             return None
-        return map_aggregate(out, lambda t: finish(ctx, t) if isinstance(t, torch.Tensor) else None)
+        prefer = self.channel_dim(node, ctx)
+        return map_aggregate(out, lambda t: finish(ctx, t, prefer) if isinstance(t, torch.Tensor) else None)
 
 
 class DimMovingRule(LayoutRule):
@@ -82,45 +87,6 @@ class DimMovingRule(LayoutRule):
 
     def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
         return set()
-
-
-def _node_codes(nodes: Any, ctx: AnalysisContext) -> list[torch.Tensor] | None:
-    """The codes of a list of tensor nodes, or None if any is not a tensor."""
-    if not isinstance(nodes, (list, tuple)) or not nodes:
-        return None
-    codes = []
-    for n in nodes:
-        code = ctx.code(n) if isinstance(n, fx.Node) else None
-        meta = value(n)
-        if not isinstance(code, torch.Tensor) or not isinstance(meta, TensorMeta) or code.ndim != meta.ndim:
-            return None
-        codes.append(code)
-    return codes if len({c.ndim for c in codes}) == 1 else None
-
-
-class ConcatRule(LayoutRule):
-    """cat/stack: only the dims along which some input's channels vary (and,
-    for cat, the dim joined) need their real size; the others are size 1 in
-    every input and stay so. This keeps a DenseNet, which concatenates every
-    earlier feature map at every layer, linear in the channels, not in the
-    feature-map elements."""
-
-    stack = False
-
-    def materialized_dims(self, node: fx.Node, ctx: AnalysisContext) -> set[int] | None:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        codes = _node_codes(tensors, ctx)
-        if codes is None or not isinstance(dim, int) or isinstance(dim, bool):
-            return None
-        dims = {d for code in codes for d in ids.varying_dims(code)}
-        if not self.stack:
-            dims.add(dim % codes[0].ndim)
-        return dims
-
-
-class StackRule(ConcatRule):
-    stack = True
 
 
 def concrete(entry: Any) -> Any:
@@ -389,8 +355,6 @@ register_rule(
     torch.permute, torch.transpose, torch.swapaxes, torch.unsqueeze, torch.movedim, torch.t,
     "permute", "transpose", "unsqueeze", "movedim", "t",
 )(DimMovingRule)
-register_rule(torch.cat, torch.concat, torch.concatenate)(ConcatRule)
-register_rule(torch.stack)(StackRule)
 register_rule(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle)(ChannelShuffleRule)
 register_rule(operator.getitem)(GetItemRule)
 register_rule(torch.reshape, "view", "reshape", "expand")(ShapeArgsRule)
