@@ -184,3 +184,24 @@ def test_maxvit_relative_attention_is_pruned_exactly():
     with torch.no_grad():
         expected, got = result.masked(fresh), result.compact(fresh)
     assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_timm_vision_transformer_stream_is_pruned_exactly():
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    torch.manual_seed(0)
+    model = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        model.pos_embed.normal_(0, 0.5)  # read before the tokens it is added to are computed
+    result = graphprune.prune(model, torch.randn(2, 3, 32, 32), ratio=0.5, mode="group")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    width = result.compact.patch_embed.proj.out_channels
+    assert width < 32 and result.compact.pos_embed.shape == (1, 17, width)
+    assert result.compact.blocks[0].attn.qkv.in_features == width and isinstance(model, timm.models.VisionTransformer)
+    fresh = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()

@@ -129,13 +129,24 @@ class ChannelAnalysisPass:
         state.channels = ctx.finish()
 
     def walk(self, gm: fx.GraphModule, ctx: AnalysisContext, state: CompileState) -> None:
+        """Every node in graph order, but a parameter read in forward just
+        before its first reader: by then what it meets is known (timm reads
+        ``self.pos_embed`` before it computes the tokens it is added to)."""
         for node in gm.graph.nodes:
-            code = self.visit(node, ctx, state)
-            ctx.codes[node.name] = code
-            first = node.args[0] if node.args else None
-            if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm, ctx.modules):
-                # Later readers of the mutated input see the op's result.
-                ctx.codes[first.name] = code
+            if node.op == "get_attr" and node.users:
+                continue
+            for arg in node.all_input_nodes:
+                if arg.op == "get_attr" and arg.name not in ctx.codes:
+                    self.record(arg, gm, ctx, state)
+            self.record(node, gm, ctx, state)
+
+    def record(self, node: fx.Node, gm: fx.GraphModule, ctx: AnalysisContext, state: CompileState) -> None:
+        code = self.visit(node, ctx, state)
+        ctx.codes[node.name] = code
+        first = node.args[0] if node.args else None
+        if isinstance(first, fx.Node) and isinstance(code, torch.Tensor) and mutates_first_arg(node, gm, ctx.modules):
+            # Later readers of the mutated input see the op's result.
+            ctx.codes[first.name] = code
 
     def visit(self, node: fx.Node, ctx: AnalysisContext, state: CompileState) -> Any:
         if node.op == "placeholder":
