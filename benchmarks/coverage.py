@@ -8,7 +8,7 @@ measure). Writes a markdown table to stdout (and to --out).
 
     python benchmarks/coverage.py                      # all 83 models
     python benchmarks/coverage.py --models resnet18,vit_b_16 --size 96
-    python benchmarks/coverage.py --models convnext_tiny,swin_t --mode group
+    python benchmarks/coverage.py --models convnext_tiny,swin_t --mode group --onnx
 
 A classifier whose last linear layer starts at zero (torchvision's ViT) gets
 small random weights there, so its outputs are not all zero and "exact"
@@ -32,7 +32,7 @@ FIXED_SIZE = {"vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224
 MIN_SIZE = {"inception_v3": 96, "swin_v2_t": 128, "swin_v2_s": 128, "swin_v2_b": 128}
 
 
-def run_one(name: str, size: int, ratio: float, mode: str = "per_layer") -> dict:
+def run_one(name: str, size: int, ratio: float, mode: str = "per_layer", onnx: bool = False) -> dict:
     """Prune one model; runs inside a child process."""
     import warnings
 
@@ -83,13 +83,25 @@ def run_one(name: str, size: int, ratio: float, mode: str = "per_layer") -> dict
         wall_s=time.perf_counter() - start,
         top_pin_reasons=sorted({g.reasons[0].split(" (node")[0] for g in result.plan.groups if g.reasons})[:2],
     )
+    if onnx:  # the compact model's ONNX file, checked on ONNX Runtime against PyTorch (raises above 1e-4)
+        import tempfile
+
+        from graphprune.onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                info = export_onnx(result.compact, x, f"{folder}/compact.onnx")
+                row["onnx"] = f"{info.max_abs_error:.1e}"
+            except Exception as exc:
+                row["onnx"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     return row
 
 
 def table(rows: list[dict]) -> str:
     out = [
-        "| model | outcome | prunable | params M (before → after) | GFLOPs (before → after) | max rel err | compile s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | outcome | prunable | params M (before → after) | GFLOPs (before → after) | max rel err | compile s |"
+        + (" ONNX Runtime max abs err |" if any("onnx" in r for r in rows) else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if any("onnx" in r for r in rows) else ""),
     ]
     for r in rows:
         if "params_before" in r:
@@ -98,7 +110,7 @@ def table(rows: list[dict]) -> str:
                 f"| {r['model']} | {r['outcome']}{note} | {r['prunable']:.0%} | "
                 f"{r['params_before'] / 1e6:.2f} → {r['params_after'] / 1e6:.2f} | "
                 f"{r['flops_before'] / 1e9:.3f} → {r['flops_after'] / 1e9:.3f} | "
-                f"{r['max_rel_error']:.1e} | {r['compile_s']:.2f} |"
+                f"{r['max_rel_error']:.1e} | {r['compile_s']:.2f} |" + (f" {r['onnx']} |" if "onnx" in r else "")
             )
         else:
             out.append(f"| {r['model']} | {r['outcome']}: {r.get('reason', '')} | | | | | |")
@@ -116,13 +128,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input size where the model allows (default 64)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--mode", default="per_layer", choices=["per_layer", "group"])
+    parser.add_argument("--onnx", action="store_true", help="also export each compact model, checked on ONNX Runtime")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(run_one(args.child, args.size, args.ratio, args.mode)))
+        print(json.dumps(run_one(args.child, args.size, args.ratio, args.mode, args.onnx)))
         return
 
     import torchvision
@@ -131,7 +144,7 @@ def main() -> None:
     rows = []
     for i, name in enumerate(names, 1):
         cmd = [sys.executable, __file__, "--child", name, "--size", str(args.size), "--ratio", str(args.ratio),
-               "--mode", args.mode]
+               "--mode", args.mode] + (["--onnx"] if args.onnx else [])
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
