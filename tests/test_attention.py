@@ -205,3 +205,20 @@ def test_timm_vision_transformer_stream_is_pruned_exactly():
     with torch.no_grad():
         expected, got = result.masked(fresh), result.compact(fresh)
     assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_attention_whose_output_alone_is_pruned_is_made_compact():
+    class Net(nn.Module):  # the input is the model's (pinned); out_proj's rows are pruned
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc = nn.MultiheadAttention(16, 2, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x):
+            y, _ = self.attn(x, x, x, need_weights=False)
+            return self.fc(torch.relu(y))
+
+    torch.manual_seed(0)
+    result = graphprune.prune(Net().eval(), torch.randn(2, 5, 16), ratio=0.5)
+    assert result.report.exact
+    assert isinstance(result.compact.attn, CompactMultiheadAttention)
+    assert result.compact.attn.out_proj.weight.shape == (8, 16) and result.compact.fc.in_features == 8

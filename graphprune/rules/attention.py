@@ -67,7 +67,8 @@ class MultiheadAttentionRule:
         return (out_code(raw, value(node)[0].ndim, -1), codes[1])
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        if rw.kept_prefix(node.args[0], -1) is not None or rw.kept_prefix(node, -1) is not None:
+        layer = rw.gm.get_submodule(str(node.target))  # its tensors sliced already
+        if layer.in_proj_weight.shape[1] != layer.embed_dim or layer.out_proj.weight.shape[0] != layer.embed_dim:
             swap_module(rw, node, CompactMultiheadAttention)
 
 
@@ -102,7 +103,11 @@ class ProjectedBlockRule:
         return out_code(raw, value(node).ndim, -1)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        if rw.kept_prefix(node.args[0], -1) is not None or rw.kept_prefix(node, -1) is not None:
+        layer = rw.gm.get_submodule(str(node.target))  # its tensors sliced already
+        source, sink = layer.get_submodule(self.reads), layer.get_submodule(self.writes)
+        if source.weight.shape[1] != source.in_features or sink.weight.shape[0] != sink.out_features:
+            for linear in (source, sink):
+                linear.out_features, linear.in_features = linear.weight.shape
             swap_module(rw, node, self.compact)
 
 
