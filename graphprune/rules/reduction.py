@@ -111,7 +111,8 @@ class MeanRule(ReductionRule):
     """mean: in the compact model the sum over the kept entries divided by the original count."""
 
     def across_channels(self, node: fx.Node) -> bool:
-        return True
+        # only (x, dim, keepdim): an option the counted form does not take (dtype=) keeps the channels
+        return len(node.args) <= 3 and not set(node.kwargs) - {"dim", "keepdim"}
 
     def total(self, node: fx.Node, rw: RewriteContext) -> int | None:
         """The original count of reduced entries where channels were dropped along them, else None."""
@@ -133,13 +134,9 @@ class VarianceRule(MeanRule):
     """var and std with ``correction`` (or ``unbiased``) as a keyword: the
     dropped zeros' share added back (:func:`graphprune.norms.counted_var`)."""
 
-    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
-        if len(node.args) > 2 or set(node.kwargs) - {"dim", "keepdim", "correction", "unbiased"}:
-            code = ctx.code(node.args[0])  # var(x, dim, unbiased, keepdim) positionally: not parsed
-            reason = f"reduced by {describe(node)} (node {node.name}) with positional options"
-            ctx.pin_code(code, reason)
-            return opaque(node, ctx, reason)
-        return super().analyze(node, ctx)
+    def across_channels(self, node: fx.Node) -> bool:
+        # var(x, dim, unbiased, keepdim) positionally is not parsed: across channels it keeps them
+        return len(node.args) <= 2 and not set(node.kwargs) - {"dim", "keepdim", "correction", "unbiased"}
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         total = self.total(node, rw)
