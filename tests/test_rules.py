@@ -382,3 +382,20 @@ def test_weight_also_read_directly_in_forward_is_pinned():
     assert result.compact.conv.out_channels == 8
     assert any("read directly in forward" in r for r in result.plan.group_of("conv").reasons)
     assert_exact(result, x)
+
+
+def test_type_as_reads_only_the_dtype_of_its_argument():
+    """ultralytics' make_anchors: torch.arange(w).type_as(feats[0]) must not pin feats[0]."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y) + torch.arange(y.shape[-1]).type_as(y)
+
+    result = graphprune.prune(Net().eval(), torch.randn(1, 3, 8, 8), ratio=0.5)
+    assert result.report.exact and result.compact.a.out_channels == 8
+    assert list(result.report.pinned) == ["reaches the model output"]

@@ -86,6 +86,17 @@ class PointwiseRule:
         """Per-channel parameters of the op (none for most)."""
 
 
+class ConvertLikeRule(PointwiseRule):
+    """``x.type_as(other)``, ``x.to(other)``: ``x`` converted to ``other``'s
+    dtype and device; ``other``'s values (and channels) are not read."""
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        code, out = ctx.code(node.args[0]), value(node)
+        if not isinstance(code, torch.Tensor) or not isinstance(out, TensorMeta) or out.ndim != code.ndim:
+            return None
+        return code.contiguous()
+
+
 class SpatialRule(PointwiseRule):
     name = "spatial"
     spatial = True
@@ -159,3 +170,4 @@ register_rule(*ACTIVATION_MODULES, *ACTIVATION_FUNCTIONS, *ACTIVATION_METHODS)(P
 register_rule(*SPATIAL_MODULES, *SPATIAL_FUNCTIONS)(SpatialRule)
 register_rule(nn.PReLU)(PReLURule)
 register_rule(F.pad)(PadRule)
+register_rule("type_as")(ConvertLikeRule)
