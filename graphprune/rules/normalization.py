@@ -182,18 +182,22 @@ class LayerNormRule:
         return counted_norm_channels(node, ctx, code, code.ndim - 1, shape[0], names["weight"], names.get("bias"),
                                      self.keeps_zero(names))
 
+    compact, counted = CompactLayerNorm, staticmethod(counted_layer_norm)
+
+    def counted_args(self, node: fx.Node, total: int) -> tuple:
+        """The functional call's arguments for ``counted``."""
+        return (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "bias"),
+                argument(node, 4, "eps", 1e-5))
+
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         cum = rw.kept_prefix(node.args[0], -1)
         if cum is None:
             return
         total, kept = cum.numel() - 1, int(cum[-1])
         if node.op == "call_module":
-            swap_module(rw, node, lambda layer: CompactLayerNorm(layer, total, kept))
+            swap_module(rw, node, lambda layer: self.compact(layer, total, kept))
             return
-        node.target = counted_layer_norm
-        node.args = (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "bias"),
-                     argument(node, 4, "eps", 1e-5))
-        node.kwargs = {}
+        node.target, node.args, node.kwargs = self.counted, self.counted_args(node, total), {}
 
 
 class RMSNormRule(LayerNormRule):
@@ -206,17 +210,10 @@ class RMSNormRule(LayerNormRule):
     def keeps_zero(self, names: dict[str, str | None]) -> bool:
         return True  # 0 * rsqrt(...) = 0
 
-    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
-        cum = rw.kept_prefix(node.args[0], -1)
-        if cum is None:
-            return
-        total, kept = cum.numel() - 1, int(cum[-1])
-        if node.op == "call_module":
-            swap_module(rw, node, lambda layer: CompactRMSNorm(layer, total, kept))
-            return
-        node.target = counted_rms_norm
-        node.args = (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "eps"))
-        node.kwargs = {}
+    compact, counted = CompactRMSNorm, staticmethod(counted_rms_norm)
+
+    def counted_args(self, node: fx.Node, total: int) -> tuple:
+        return (node.args[0], total, argument(node, 2, "weight"), argument(node, 3, "eps"))
 
 
 class GroupNormRule:
