@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .compact import CompactLayer
 
@@ -163,3 +164,43 @@ class CompactRMSNorm(CompactNorm):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, statistics over {self.total} channels"
+
+
+def counted_standardization(weight: torch.Tensor, total: int, gain: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Weight standardisation (each filter to zero mean, unit variance over its
+    inputs and kernel, then times ``gain``, per filter) as if each filter had
+    ``total`` entries, the missing ones zero: a LayerNorm over the flattened filter."""
+    flat = counted_layer_norm(weight.reshape(weight.shape[0], -1), total, None, None, eps)
+    if gain is not None:
+        flat = flat * gain.reshape(-1, 1)
+    return flat.reshape(weight.shape)
+
+
+class CompactStandardizedConv2d(CompactNorm, nn.Conv2d):
+    """A weight-standardised conv (timm's ``StdConv2d``, ``ScaledStdConv2d`` and
+    their ``Same`` variants) that lost input channels: each filter's statistics
+    still count the ``total`` inputs x kernel of the original. A Conv2d with
+    the layer's attributes and parameter names (``weight``, ``bias``, ``gain``)."""
+
+    why = "each filter's weight standardisation counts the inputs of the original"
+
+    def __init__(self, layer: nn.Conv2d, total: int):
+        nn.Module.__init__(self)
+        attributes = {k: v for k, v in vars(layer).items() if not k.startswith("_")}
+        self.__dict__.update(attributes, _reversed_padding_repeated_twice=layer._reversed_padding_repeated_twice)
+        self.total = int(total)
+        self.weight, self.bias = layer.weight, layer.bias
+        if "gain" in layer._parameters:
+            self.gain = layer.gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "same_pad", False):
+            from timm.layers.padding import pad_same  # the layer came from timm
+
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        gain = self.gain * self.scale if "gain" in self._parameters else None
+        weight = counted_standardization(self.weight, self.total, gain, self.eps)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, standardised over {self.total} inputs x kernel"

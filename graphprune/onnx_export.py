@@ -306,6 +306,9 @@ def _export_legacy(job: _Job, path: Path) -> None:
         # It warns that it is deprecated: it is the fallback, chosen knowingly.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # A batch norm in train mode in an eval export is a weight
+        # standardisation (timm's StdConv): exported as it computes, as meant.
+        warnings.filterwarnings("ignore", message=".*operator 'batch_norm' is set to train=True")
         # output_names must be given: without them, with dynamic_axes, the
         # legacy exporter reads `model.graph.outputs()`, which an
         # fx.GraphModule's graph does not have.

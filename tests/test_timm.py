@@ -8,6 +8,7 @@ import torch.nn as nn
 import torchvision
 
 import graphprune
+from graphprune.norms import CompactStandardizedConv2d
 
 timm = pytest.importorskip("timm")
 layers = pytest.importorskip("timm.layers")
@@ -81,9 +82,29 @@ def test_conv2d_same_padding_is_a_functional_conv_with_its_own_weight():
     assert result.report.exact
 
 
+@pytest.mark.parametrize("cls", ["StdConv2d", "ScaledStdConv2d", "ScaledStdConv2dSame"])
+def test_weight_standardised_convs_count_the_dropped_inputs_in_each_filters_statistics(cls):
+    conv = getattr(layers, cls)(8, 8, 3)
+    if hasattr(conv, "gain"):
+        with torch.no_grad():
+            conv.gain.uniform_(0.5, 2.0)
+    model = calibrated(Block(nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), conv)))
+    result = graphprune.prune(model, X, ratio=0.5)
+    assert result.plan.kept_indices("conv.weight", 0).tolist() == [0, 2, 4, 6]
+    std = result.compact.layer[2]
+    assert isinstance(std, CompactStandardizedConv2d) and isinstance(std, nn.Conv2d)
+    assert std.total == 8 * 3 * 3 and std.weight.shape == (4, 4, 3, 3) and std.in_channels == 4
+    assert not hasattr(conv, "gain") or std.gain.shape == (4, 1, 1, 1)
+    assert "layer.2" in result.report.replaced
+    check = result.report.verification
+    assert result.report.exact and check.train_max_rel_error is not None and check.train_max_rel_error <= 1e-4
+    # the masked model zeroes the dropped input columns, which count in the statistics
+    masked_weight = result.masked.layer[2].weight
+    assert bool((masked_weight[:, [1, 3, 5, 7]] == 0).all()) and bool((masked_weight[:, [0, 2, 4, 6]] != 0).any())
+
+
 @pytest.mark.parametrize("name, layer, reason", [
     ("EcaModule", lambda: layers.EcaModule(8, kernel_size=3), "across"),
-    ("StdConv2d", lambda: layers.StdConv2d(8, 8, 3, padding=1), "weight"),
 ])
 def test_timm_layers_that_mix_channels_are_pinned_with_a_reason(name, layer, reason):
     result = graphprune.prune(calibrated(Block(layer())), X, ratio=0.5)
@@ -98,7 +119,7 @@ def kept(result) -> float:
 
 @pytest.mark.parametrize("name, twin", [
     ("efficientnet_b0", "efficientnet_b0"), ("mobilenetv2_100", "mobilenet_v2"),
-    ("regnety_008", "regnet_y_800mf"), ("cspresnet50", "resnet50"),
+    ("regnety_008", "regnet_y_800mf"), ("cspresnet50", "resnet50"), ("nf_resnet26", "resnet50"),
 ])
 def test_timm_models_prune_like_their_torchvision_twins(name, twin):
     x = torch.randn(1, 3, 64, 64)

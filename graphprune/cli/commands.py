@@ -109,9 +109,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     warn_if_slower(latency, options)
     for where, (before, after) in r.reduced_outputs.items():
         print(f"note: {where} is not in the output contract: {before} -> {after} channels", file=sys.stderr)
-    for path, why in r.replaced.items():
-        print(f"note: rebuilt {path}: {why}", file=sys.stderr)
+    print_rebuilt(r.replaced)
     return 0
+
+
+def print_rebuilt(replaced: dict[str, str], shown: int = 3) -> None:
+    """One note per kind of rebuilt layer: how many, why, the first few paths."""
+    by_why: dict[str, list[str]] = {}
+    for path, why in replaced.items():
+        by_why.setdefault(why, []).append(path)
+    for why, paths in by_why.items():
+        more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+        layers = "layer" if len(paths) == 1 else "layers"
+        print(f"note: {len(paths)} {layers} rebuilt, {why}: {', '.join(paths[:shown])}{more} (--report lists all)",
+              file=sys.stderr)
 
 
 def deployed(result: PruneResult) -> dict:

@@ -102,9 +102,11 @@ class AtenConvRule:
 
 
 def computed_weight(node: fx.Node, ctx: AnalysisContext) -> Any:
-    """A layer whose weight is computed in forward (timm's StdConv2d standardises
-    it over each filter's inputs and kernel): slicing its inputs would change
-    what it computes its weight from, so what it reads and writes is kept."""
+    """A layer whose weight is computed in forward by code no rule knows (a
+    hand-written weight standardisation; timm's StdConv layers have their own
+    rule, :class:`~graphprune.rules.normalization.StandardizedConvRule`):
+    slicing its inputs would change what it computes its weight from, so what
+    it reads and writes is kept."""
     reason = (f"{describe(node)} (node {node.name}) computes its weight in forward (weight standardisation "
               "or another reparametrisation): its input and output channels are kept")
     for arg in tensor_args(node):

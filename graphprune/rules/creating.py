@@ -60,6 +60,9 @@ class ConvCall:
     out_channels: int
     groups: int
     transposed: bool
+    #: the weight is standardised per filter in forward: its dropped input
+    #: columns count in the statistics, so the mask zeroes them too
+    standardized: bool = False
 
 
 def conv_channels(node: fx.Node, ctx: AnalysisContext, conv: ConvCall) -> torch.Tensor:
@@ -74,7 +77,7 @@ def conv_channels(node: fx.Node, ctx: AnalysisContext, conv: ConvCall) -> torch.
 
     if groups == 1:
         raw = ctx.fresh(out_ch)
-        ctx.add_slot(conv.weight, in_dim, incoming, writes=False, kind="input")
+        ctx.add_slot(conv.weight, in_dim, incoming, writes=conv.standardized, kind="input")
         ctx.add_producer(conv.name, conv.weight, out_dim, raw)
         ctx.add_slot(conv.weight, out_dim, raw, writes=True, kind="filter")
     elif groups == in_ch and out_ch == in_ch:
@@ -88,7 +91,7 @@ def conv_channels(node: fx.Node, ctx: AnalysisContext, conv: ConvCall) -> torch.
         raw = ctx.fresh(out_ch)
         per_out = raw.reshape(groups, out_ch // groups)
         ctx.unify(per_out[:1].expand_as(per_out), per_out)
-        ctx.add_slot(conv.weight, 1, per_in[0], writes=False, kind="input")
+        ctx.add_slot(conv.weight, 1, per_in[0], writes=conv.standardized, kind="input")
         ctx.add_producer(conv.name, conv.weight, 0, raw)
         ctx.add_slot(conv.weight, 0, raw, writes=True, kind="filter")
     else:
@@ -108,13 +111,15 @@ class ConvRule:
     name = "conv"
     transposed = False
 
+    standardized = False
+
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         module = ctx.module(node.target)
         path = str(node.target)
         conv = ConvCall(
             path, node.args[0], qualified(path, "weight"),
             qualified(path, "bias") if module.bias is not None else None,
-            module.in_channels, module.out_channels, module.groups, self.transposed,
+            module.in_channels, module.out_channels, module.groups, self.transposed, self.standardized,
         )
         return conv_channels(node, ctx, conv)
 

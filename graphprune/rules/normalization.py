@@ -25,11 +25,13 @@ from ..norms import (
     CompactGroupNorm,
     CompactLayerNorm,
     CompactRMSNorm,
+    CompactStandardizedConv2d,
     counted_group_norm,
     counted_layer_norm,
     counted_rms_norm,
 )
 from .base import argument, channel_line, describe, opaque, qualified, tensor_args, value
+from .creating import ConvRule
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ class FunctionalBatchNormRule:
         targets = [str(a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None for a in args]
         if any(t is None and a is not None for t, a in zip(targets, args)):
             reason = (f"normalised by {describe(node)} (node {node.name}) with statistics or parameters computed "
-                      "in forward (timm's weight standardisation): kept")
+                      "in forward (a weight standardisation written out): kept")
             ctx.pin_code(ctx.code(node.args[0]), reason)
             return opaque(node, ctx, reason)
         running_mean, running_var, weight, bias = targets
@@ -258,6 +260,36 @@ class GroupNormRule:
         node.kwargs = {}
 
 
+class StandardizedConvRule(ConvRule):
+    """A conv that standardises its weight per filter in forward (timm's
+    ``StdConv2d``, ``ScaledStdConv2d`` and their ``Same`` variants), kept as one
+    call: a filter's statistics span its inputs and kernel, so they count the
+    dropped input columns as zeros (the masked model zeroes them; the compact
+    layer divides by the original count, :class:`CompactStandardizedConv2d`).
+    Dropping a filter slices its statistics and its ``gain`` with it."""
+
+    name = "standardized_conv"
+    whole = True
+    standardized = True
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        code = super().analyze(node, ctx)
+        path = str(node.target)
+        filters = ctx.slots.get((qualified(path, "weight"), 0))
+        if "gain" in ctx.module(node.target)._parameters and filters is not None:
+            ctx.add_slot(qualified(path, "gain"), 0, filters.ids, writes=True, kind="norm_scale")
+        return code
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        super().rewrite(node, rw)
+        cum = rw.kept_prefix(node.args[0], 1)
+        layer = rw.gm.get_submodule(str(node.target))
+        if cum is None or layer.groups == layer.in_channels == layer.out_channels:
+            return  # no input column dropped (a depthwise filter has one input)
+        total = (cum.numel() - 1) // layer.groups * layer.weight[0, 0].numel()
+        swap_module(rw, node, lambda layer: CompactStandardizedConv2d(layer, total))
+
+
 class ChannelMixingNormRule:
     """Normalisation whose statistics span channels: pin what it normalises."""
 
@@ -279,3 +311,5 @@ register_rule(nn.RMSNorm, F.rms_norm)(RMSNormRule)
 register_rule(nn.GroupNorm, F.group_norm)(GroupNormRule)
 register_rule(nn.LocalResponseNorm, F.local_response_norm)(ChannelMixingNormRule)
 
+register_rule(*(f"timm.layers.std_conv.{name}" for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d",
+                                                             "ScaledStdConv2dSame")))(StandardizedConvRule)

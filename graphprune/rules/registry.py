@@ -16,7 +16,9 @@ A rule is an object with
   tensors; this keeps a pruned copy of the user's own model consistent.
 
 Rules are registered for torch.nn module classes (``call_module``), Python
-callables (``call_function``) and method names (``call_method``). Adding
+callables (``call_function``) and method names (``call_method``); a dotted
+name (``"timm.layers.std_conv.StdConv2d"``) registers a module class of a
+library graphprune does not import, matched by its module and qualified name. Adding
 support for an op is registering one rule; nothing else changes.
 """
 
@@ -43,10 +45,13 @@ class RuleRegistry:
         self._modules: dict[type, OpRule] = {}
         self._functions: dict[Callable, OpRule] = {}
         self._methods: dict[str, OpRule] = {}
+        self._class_names: dict[str, OpRule] = {}
 
     def register(self, rule: OpRule, *targets: Any) -> OpRule:
         for target in targets:
-            if isinstance(target, str):
+            if isinstance(target, str) and "." in target:
+                self._class_names[target] = rule
+            elif isinstance(target, str):
                 self._methods[target] = rule
             elif isinstance(target, type) and issubclass(target, nn.Module):
                 self._modules[target] = rule
@@ -67,7 +72,7 @@ class RuleRegistry:
                 except AttributeError:  # not a module (an exported graph's guard function)
                     return None
             for cls in type(module).__mro__:
-                rule = self._modules.get(cls)
+                rule = self._class_rule(cls)
                 if rule is not None:
                     # A subclass that overrides forward computes something else.
                     if type(module).forward is not cls.forward:
@@ -87,17 +92,23 @@ class RuleRegistry:
         """Whether the tracer keeps ``module`` as one call: its rule (for its
         own class, forward not overridden) says ``whole = True`` (a block of a
         library whose forward the rule understands as one op)."""
-        rule = self._modules.get(type(module))
+        rule = self._class_rule(type(module))
         return rule is not None and getattr(rule, "whole", False)
 
     def module_rule(self, module: nn.Module) -> OpRule | None:
         """The rule registered for ``module``'s class or its nearest base class,
         whatever its forward (its size attributes are the base class's)."""
         for cls in type(module).__mro__:
-            rule = self._modules.get(cls)
+            rule = self._class_rule(cls)
             if rule is not None:
                 return rule
         return None
+
+    def _class_rule(self, cls: type) -> OpRule | None:
+        rule = self._modules.get(cls)
+        if rule is None and self._class_names:
+            rule = self._class_names.get(f"{cls.__module__}.{cls.__qualname__}")
+        return rule
 
 
 RULES = RuleRegistry()
