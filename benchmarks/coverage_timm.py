@@ -70,8 +70,8 @@ OUTPUT_PIN = "reaches the model output"
 
 def smallest(names: list[str]) -> tuple[str, int] | None:
     """The model among names with the fewest parameters, built on the meta device."""
-    import torch
     import timm
+    import torch
 
     best = None
     for name in names:
