@@ -21,7 +21,7 @@ from .rules.base import TensorMeta, size_read, value
 
 #: int arithmetic a size computed in forward may use (``c // g``, ``h * w``)
 ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.truediv,
-              operator.neg, operator.getitem}
+              operator.neg, operator.pow, operator.getitem}
 
 
 def sized_tensors(node: fx.Node) -> list[fx.Node]:

@@ -1,6 +1,8 @@
-"""Attention prunes its model dim exactly: nn.MultiheadAttention as
-self-attention reads the model dim through in_proj and writes it through
-out_proj (graphprune/attention.py); its heads stay whole."""
+"""Attention prunes exactly: nn.MultiheadAttention as self-attention reads
+the model dim through in_proj and writes it through out_proj
+(graphprune/attention.py), its heads whole; attention written with
+F.scaled_dot_product_attention or matmuls also prunes its head dims, the
+same positions in every head, at the original scale (rules/contraction.py)."""
 
 import onnxruntime as ort
 import pytest
@@ -186,25 +188,96 @@ def test_maxvit_relative_attention_is_pruned_exactly():
     assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
 
 
-def test_timm_vision_transformer_stream_is_pruned_exactly():
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "matmul"])
+def test_timm_vision_transformer_prunes_its_stream_and_head_dims_exactly(fused, tmp_path):
     timm = pytest.importorskip("timm")
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     torch.manual_seed(0)
     model = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = fused  # F.scaled_dot_product_attention, or q @ k^T ... @ v written out
     with torch.no_grad():
         model.head.weight.normal_(0, 0.5)
         model.pos_embed.normal_(0, 0.5)  # read before the tokens it is added to are computed
     result = graphprune.prune(model, torch.randn(2, 3, 32, 32), ratio=0.5, mode="group")
     report = result.report
     assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    assert report.prunable_fraction > 0.95  # all but the classifier's outputs
     width = result.compact.patch_embed.proj.out_channels
     assert width < 32 and result.compact.pos_embed.shape == (1, 17, width)
-    assert result.compact.blocks[0].attn.qkv.in_features == width and isinstance(model, timm.models.VisionTransformer)
+    attn = result.compact.blocks[0].attn
+    assert attn.qkv.in_features == width and isinstance(model, timm.models.VisionTransformer)
+    # every head keeps the same dims of q, k and v: 3 x 2 heads x d' rows, d' < 16
+    head_dim = attn.proj.in_features // 2
+    assert head_dim < 16 and attn.qkv.out_features == 3 * 2 * head_dim
     fresh = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected, got = result.masked(fresh), result.compact(fresh)
     assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+    export_onnx(result.compact, fresh, tmp_path / "vit.onnx")
+    session = ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: fresh.numpy()})[0])
+    assert (onnx_out - got).abs().max() <= 1e-4 * got.abs().max()
+
+
+class HandWrittenAttention(nn.Module):
+    """Self-attention as people write it: its head dim and scale computed from
+    the input's width (which pruning the model dim changes), or held as
+    attributes; SDPA's default scale from q's width."""
+
+    def __init__(self, dim: int, heads: int, sdpa: bool, from_shape: bool = True):
+        super().__init__()
+        self.heads, self.sdpa, self.from_shape, self.head_dim = heads, sdpa, from_shape, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        d = c // self.heads if self.from_shape else self.head_dim
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.sdpa:
+            y = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            y = (q @ k.transpose(-2, -1) * d ** -0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, self.heads * d))
+
+
+class AttentionNet(nn.Module):
+    def __init__(self, sdpa: bool, from_shape: bool = True):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
+        self.attn, self.head = HandWrittenAttention(16, 2, sdpa, from_shape), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(h + self.attn(self.norm(h)))
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
+def test_hand_written_attention_keeps_the_original_scale_when_its_head_dims_are_pruned(sdpa):
+    torch.manual_seed(0)
+    model = AttentionNet(sdpa).eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+        model.attn.qkv.weight.mul_(4)  # peaked attention: a scale off by sqrt(2) shows
+    x = torch.randn(2, 5, 6)
+    result = graphprune.prune(model, x, ratio=0.5, mode="per_layer")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    attn, width = result.compact.attn, result.compact.embed.out_features
+    head_dim = attn.proj.in_features // 2
+    assert width < 16 and head_dim < 8 and attn.qkv.weight.shape == (3 * 2 * head_dim, width)
+    assert "attn" in report.replaced  # its forward holds the head dim and the scale
+    fresh = torch.randn(4, 5, 6)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+        assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+        # the scale is the original's, 1/sqrt(8): the compact head dim's would give other outputs
+        tokens = result.compact.norm(result.compact.embed(fresh))
+        q, k, v = attn.qkv(tokens).reshape(4, 5, 3, 2, head_dim).permute(2, 0, 3, 1, 4)
+        sdpa = nn.functional.scaled_dot_product_attention
+        assert (sdpa(q, k, v) - sdpa(q, k, v, scale=8 ** -0.5)).abs().max() > 1e-2
 
 
 def test_attention_whose_output_alone_is_pruned_is_made_compact():

@@ -241,3 +241,28 @@ def test_timm_convnext_v2_global_response_norm_is_pruned():
     report = result.report
     assert report.exact and report.prunable_fraction >= 0.99  # only the classifier's outputs are kept
     assert report.params_after < 0.3 * report.params_before
+
+
+def test_an_exported_graphs_aten_norms_reductions_powers_and_attention_have_rules():
+    """torch.export (where fx cannot trace) gives ATen ops: layer_norm,
+    group_norm, mean.dim and pow prune as their fx forms do; sdpa, matmul and
+    unbind have rules too (the attention module's rebuilt forward needs call
+    boundaries an exported graph does not record for it: pinned for that)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_attention import AttentionNet
+
+    for model, x in [(randomise(Net(True)), torch.randn(2, 3, 12, 12)),
+                     (randomise(GroupNormNet(False)), torch.randn(2, 3, 8, 8))]:
+        fx_result = graphprune.prune(model, x, ratio=0.5, mode="group", frontend="fx")
+        exported = graphprune.prune(model, x, ratio=0.5, mode="group", frontend="export")
+        assert exported.report.frontend == "export" and exported.report.exact, type(model).__name__
+        assert exported.report.params_after == fx_result.report.params_after < exported.report.params_before
+    for sdpa in (True, False):
+        torch.manual_seed(0)
+        exported = graphprune.prune(AttentionNet(sdpa, from_shape=False).eval(), torch.randn(2, 5, 6), ratio=0.5,
+                                    frontend="export")
+        assert exported.report.exact and exported.report.params_after < exported.report.params_before
+        assert not any("no channel rule" in reason for reason in exported.report.pinned), exported.report.pinned

@@ -100,7 +100,12 @@ def _graph_divergence(state: CompileState, inputs: tuple) -> str | None:
             return where
     with torch.no_grad():
         expected = state.masked(*fresh_copy(inputs))
-        model_ok = compare(expected, state.compact(*fresh_copy(inputs)))[1] <= state.config.tolerance
+        try:
+            model_ok = compare(expected, state.compact(*fresh_copy(inputs)))[1] <= state.config.tolerance
+        except Exception as exc:
+            return (f"the compact graph agrees; the compact model of the user's class fails to run ({exc}): "
+                    "its forward computes something its traced graph holds as a constant (torch.export "
+                    "records sizes read from shapes as constants; the fx frontend follows them)")
     if model_ok:
         return ("the compact model agrees, its traced graph (what ONNX export writes) does not: the traced "
                 "graph no longer computes what the model computes")

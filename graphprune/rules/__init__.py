@@ -6,6 +6,7 @@ Importing this package registers the built-in rules in :data:`RULES`.
 from . import (  # noqa: F401
     aten,
     attention,
+    contraction,
     creating,
     elementwise,
     factories,

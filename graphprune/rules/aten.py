@@ -20,12 +20,13 @@ from .. import ids
 from ..tensors import get_tensor, owner_of
 from .base import TensorMeta, argument, describe, opaque, tensor_args, value
 from .creating import ConvCall, conv_channels, linear_channels
-from .elementwise import ElementwiseRule, ProductRule, QuotientRule
+from .contraction import MatmulRule, ScaledDotProductAttentionRule, UnbindRule
+from .elementwise import ElementwiseRule, PowerRule, ProductRule, QuotientRule
 from .joining import ConcatRule, StackRule
 from .layout import DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule
-from .normalization import ChannelMixingNormRule, batch_norm_channels
-from .pointwise import PointwiseRule, SpatialRule
-from .reduction import ReductionRule, SoftmaxRule
+from .normalization import ChannelMixingNormRule, GroupNormRule, LayerNormRule, batch_norm_channels
+from .pointwise import PadRule, PointwiseRule, SpatialRule
+from .reduction import MeanRule, ReductionRule, SoftmaxRule, SumRule
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -213,15 +214,21 @@ class AtenSelectRule(LayoutRule):
 register_rule(*AtenConvRule.layouts)(AtenConvRule)
 register_rule(*ops("linear.default"), F.linear)(AtenLinearRule)
 register_rule(*ops("batch_norm.default", "_native_batch_norm_legit_no_training.default"))(AtenBatchNormRule)
-register_rule(*ops(
-    "layer_norm.default", "native_layer_norm.default", "group_norm.default", "native_group_norm.default",
-))(ChannelMixingNormRule)
+register_rule(*ops("native_layer_norm.default", "native_group_norm.default"))(ChannelMixingNormRule)
+register_rule(*ops("layer_norm.default"))(LayerNormRule)
+register_rule(*ops("group_norm.default"))(GroupNormRule)
+register_rule(*ops("pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar"))(PowerRule)
+register_rule(*ops("pad.default", "constant_pad_nd.default"))(PadRule)
+register_rule(*ops("matmul.default", "bmm.default"))(MatmulRule)
+register_rule(*ops("scaled_dot_product_attention.default"))(ScaledDotProductAttentionRule)
+register_rule(*ops("unbind.int"))(UnbindRule)
 register_rule(*ops(
     "relu.default", "relu_.default", "silu.default", "silu_.default", "gelu.default", "sigmoid.default",
     "tanh.default", "hardswish.default", "hardswish_.default", "hardsigmoid.default", "hardtanh.default",
     "hardtanh_.default", "leaky_relu.default", "elu.default", "mish.default", "clamp.default", "clamp_min.default",
     "clamp_max.default", "dropout.default", "clone.default", "alias.default", "contiguous.default",
-    "exp.default", "abs.default", "neg.default", "_to_copy.default", "detach.default",
+    "exp.default", "abs.default", "neg.default", "_to_copy.default", "detach.default", "sqrt.default",
+    "rsqrt.default", "square.default",
     "dropout_.default", "hardsigmoid_.default", "sigmoid_.default", "tanh_.default", "gelu_.default",
     "leaky_relu_.default", "elu_.default", "clamp_.default", "mish_.default", "feature_dropout.default",
 ))(PointwiseRule)
@@ -246,7 +253,9 @@ register_rule(*ops("view.default", "reshape.default", "_unsafe_view.default", "e
 register_rule(*ops("split.Tensor", "split_with_sizes.default", "chunk.default"))(SplitRule)
 register_rule(*ops("slice.Tensor"))(AtenSliceRule)
 register_rule(*ops("select.int"))(AtenSelectRule)
-register_rule(*ops("mean.dim", "sum.dim_IntList", "amax.default", "amin.default"))(ReductionRule)
+register_rule(*ops("amax.default", "amin.default"))(ReductionRule)
+register_rule(*ops("mean.dim"))(MeanRule)
+register_rule(*ops("sum.dim_IntList"))(SumRule)
 register_rule(*ops("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default"))(SoftmaxRule)
 
 __all__ = ["AtenBatchNormRule", "AtenConvRule", "AtenLinearRule", "AtenSelectRule", "AtenSliceRule"]

@@ -23,15 +23,36 @@ import torch.fx as fx
 
 from .. import ids
 from .base import TensorMeta, describe, tensor_args, value
+from .layout import depends_on_channel_count
 from .pointwise import PointwiseRule
 from .registry import register_rule
 
 if TYPE_CHECKING:
     from ..analysis import AnalysisContext
+    from ..rewriting import RewriteContext
+
+
+def original_scalar(arg: Any, rw: RewriteContext) -> Any:
+    """``arg``, or its value in the original model where it is a number
+    computed from a channel count (``(c // heads) ** -0.5`` of ``b, n, c =
+    x.shape``) that the compact model would compute otherwise: arithmetic
+    on values keeps the original's constants (the masked model has every
+    channel, the dropped ones zero)."""
+    if not isinstance(arg, fx.Node) or not isinstance(value(arg), (int, float)) or isinstance(value(arg), bool):
+        return arg
+    if not depends_on_channel_count(arg, rw.codes) or rw.compact_value(arg) == value(arg):
+        return arg
+    return value(arg)
 
 
 class ElementwiseRule:
     name = "elementwise"
+
+    def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
+        if not isinstance(value(node), TensorMeta):
+            return  # size arithmetic itself (``heads * (c // heads)``): the rules that read sizes follow it
+        node.args = tuple(original_scalar(a, rw) for a in node.args)
+        node.kwargs = {k: original_scalar(v, rw) for k, v in node.kwargs.items()}
 
     def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
         """Where the output is zero when dropped, from the operands' zero bits
@@ -97,6 +118,14 @@ class MultiplyAddRule(ElementwiseRule):
         return zeros[0] & (zeros[1] | zeros[2])
 
 
+class PowerRule(ElementwiseRule):
+    """``x ** p``: with one tensor, per channel (zero where ``0 ** p`` is, by
+    running it); a tensor exponent as well makes it never zero (``0 ** 0 = 1``)."""
+
+    def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
+        return torch.zeros_like(zeros[0])
+
+
 register_rule(
     operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
     "add", "add_", "sub", "sub_", torch.maximum, torch.minimum, "maximum", "minimum",
@@ -104,3 +133,4 @@ register_rule(
 register_rule(operator.mul, operator.imul, torch.mul, "mul", "mul_")(ProductRule)
 register_rule(torch.addcmul, "addcmul")(MultiplyAddRule)
 register_rule(operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_")(QuotientRule)
+register_rule(operator.pow, torch.pow, "pow")(PowerRule)

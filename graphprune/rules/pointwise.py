@@ -147,7 +147,7 @@ ACTIVATION_FUNCTIONS = (
 )
 ACTIVATION_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "abs",
-    "neg", "exp", "sqrt", "square", "pow", "float", "double", "half", "to", "type", "detach",
+    "neg", "exp", "sqrt", "square", "float", "double", "half", "to", "type", "detach",
     "clone", "contiguous",
 )
 SPATIAL_MODULES = (
