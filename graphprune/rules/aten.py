@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from .. import ids
 from ..tensors import get_tensor, owner_of
 from .base import TensorMeta, argument, describe, opaque, tensor_args, value
-from .creating import ConvCall, conv_channels, linear_channels
 from .contraction import MatmulRule, ScaledDotProductAttentionRule, UnbindRule
+from .creating import ConvCall, conv_channels, linear_channels
 from .elementwise import ElementwiseRule, PowerRule, ProductRule, QuotientRule
 from .joining import ConcatRule, StackRule
 from .layout import DimMovingRule, LayoutRule, ShapeArgsRule, SplitRule
