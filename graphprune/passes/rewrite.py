@@ -21,8 +21,9 @@ import torch.fx as fx
 from ..copying import light_copy, own_tensors
 from ..pipeline import CompileState
 from ..plan import PruningPlan
-from ..rewriting import RewriteContext
+from ..rewriting import ARITHMETIC, RewriteContext
 from ..rules import RULES
+from ..rules.base import TensorMeta, size_read, value
 from ..slicing import compact_tensors
 
 #: compact_graph.meta key: node name -> what the rewrite changed in it
@@ -76,7 +77,20 @@ def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
         rule.rewrite(node, rw)
         if node.op != "call_module" and _canonical((node.target, node.args, node.kwargs)) != _canonical(before):
             changed[node.name] = f"{call_text(*before)} becomes {call_text(node.target, node.args, node.kwargs)}"
+    if changed:
+        drop_unused_size_arithmetic(gm.graph)
     return changed
+
+
+def drop_unused_size_arithmetic(graph: fx.Graph) -> None:
+    """Erase the size arithmetic no node reads any more (``(c // h) ** -0.5``
+    once its value became the original's literal): in the compact model it
+    would compute from the compact sizes, which may not even be valid (``0 ** -0.5``)."""
+    for node in reversed(list(graph.nodes)):
+        if (not node.users and node.op in ("call_function", "call_method")
+                and (node.target in ARITHMETIC or size_read(node) is not None)
+                and not isinstance(value(node), TensorMeta)):
+            graph.erase_node(node)
 
 
 class RewritePass:

@@ -219,11 +219,21 @@ class ShapeArgsRule(LayoutRule):
 
     name = "reshape"
 
+    @staticmethod
+    def stale(item: Any, size: int, rw: RewriteContext) -> bool:
+        """Whether a size computed in forward is not ``size`` in the compact
+        model: it computes another value there (a head dim computed from the
+        width of an input that keeps its channels, when the heads lose some,
+        too), or it reads a channel count and cannot be evaluated."""
+        compact = rw.compact_value(item)
+        if compact is not None:
+            return compact != size
+        return depends_on_channel_count(item, rw.codes) or value(item) != size
+
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         sizes = rw.compact_shape(node)
         if sizes is None:
             return
-        codes = rw.codes
         first = 1
         shape_args = node.args[first:]
         packed = len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list))
@@ -233,7 +243,7 @@ class ShapeArgsRule(LayoutRule):
         for i, item in enumerate(items):
             if i >= len(sizes) or (isinstance(item, int) and item == -1):
                 continue
-            if isinstance(item, int) or (depends_on_channel_count(item, codes) and rw.compact_value(item) != sizes[i]):
+            if isinstance(item, int) or self.stale(item, sizes[i], rw):
                 items[i] = sizes[i]
         if "shape" in node.kwargs and len(node.args) == 1:
             node.kwargs = {**node.kwargs, "shape": tuple(items)}
