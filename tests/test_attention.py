@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from helpers import AttentionNet
 from torchvision.models.vision_transformer import VisionTransformer
 
 import graphprune
@@ -219,38 +220,6 @@ def test_timm_vision_transformer_prunes_its_stream_and_head_dims_exactly(fused, 
     session = ort.InferenceSession(str(tmp_path / "vit.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: fresh.numpy()})[0])
     assert (onnx_out - got).abs().max() <= 1e-4 * got.abs().max()
-
-
-class HandWrittenAttention(nn.Module):
-    """Self-attention as people write it: its head dim and scale computed from
-    the input's width (which pruning the model dim changes), or held as
-    attributes; SDPA's default scale from q's width."""
-
-    def __init__(self, dim: int, heads: int, sdpa: bool, from_shape: bool = True):
-        super().__init__()
-        self.heads, self.sdpa, self.from_shape, self.head_dim = heads, sdpa, from_shape, dim // heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        d = c // self.heads if self.from_shape else self.head_dim
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.sdpa:
-            y = nn.functional.scaled_dot_product_attention(q, k, v)
-        else:
-            y = (q @ k.transpose(-2, -1) * d ** -0.5).softmax(-1) @ v
-        return self.proj(y.transpose(1, 2).reshape(b, n, self.heads * d))
-
-
-class AttentionNet(nn.Module):
-    def __init__(self, sdpa: bool, from_shape: bool = True):
-        super().__init__()
-        self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
-        self.attn, self.head = HandWrittenAttention(16, 2, sdpa, from_shape), nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = self.embed(x)
-        return self.head(h + self.attn(self.norm(h)))
 
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])

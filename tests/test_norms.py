@@ -248,11 +248,7 @@ def test_an_exported_graphs_aten_norms_reductions_powers_and_attention_have_rule
     group_norm, mean.dim and pow prune as their fx forms do; sdpa, matmul and
     unbind have rules too (the attention module's rebuilt forward needs call
     boundaries an exported graph does not record for it: pinned for that)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_attention import AttentionNet
+    from helpers import AttentionNet
 
     for model, x in [(randomise(Net(True)), torch.randn(2, 3, 12, 12)),
                      (randomise(GroupNormNet(False)), torch.randn(2, 3, 8, 8))]:
