@@ -264,3 +264,16 @@ def test_attention_whose_output_alone_is_pruned_is_made_compact():
     assert result.report.exact
     assert isinstance(result.compact.attn, CompactMultiheadAttention)
     assert result.compact.attn.out_proj.weight.shape == (8, 16) and result.compact.fc.in_features == 8
+
+
+def test_an_unverified_compile_never_returns_a_model_that_fails_to_run():
+    """torch.export holds the width the forward reads from its input's shape as a constant: the compact
+    model of the user's class computes another head dim. verify=False still runs it once, and refuses."""
+    from graphprune.errors import VerificationError
+
+    torch.manual_seed(0)
+    with pytest.raises(VerificationError, match="fails to run on the example inputs"):
+        graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, mode="group",
+                         frontend="export", verify=False)
+    result = graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, verify=False)
+    assert result.report.verification is None and result.compact.attn.qkv.out_features < 48  # fx: it runs

@@ -138,6 +138,7 @@ class VerifyPass:
     def __call__(self, state: CompileState) -> None:
         config = state.config
         if config.verify is False:
+            self.runs(state)
             return
         batches = input_batches(state.example_inputs, config.seed, self.random_batches)
         worst_abs, worst_rel, failing = self.eval_check(state, batches)
@@ -155,6 +156,25 @@ class VerifyPass:
         state.verification = result
         if not result.exact:
             self.refuse(state, result)
+
+    @staticmethod
+    def runs(state: CompileState) -> None:
+        """Unverified, the compact model still runs once on the example (eval
+        mode, no grad; one forward): a model that cannot run is never returned."""
+        modes = {m: m.training for m in state.compact.modules()}
+        state.compact.eval()
+        try:
+            with torch.no_grad():
+                state.compact(*fresh_copy(state.example_inputs))
+        except Exception as exc:
+            raise VerificationError(
+                f"the compact model fails to run on the example inputs ({first_line(exc)}): its forward computes "
+                "something its traced graph holds as a constant (torch.export records sizes read from shapes as "
+                "constants; the fx frontend follows them). This is a graphprune bug: please report it with the "
+                "model.") from exc
+        finally:
+            for module, training in modes.items():
+                module.training = training
 
     @staticmethod
     def eval_check(state: CompileState, batches: list[tuple]) -> tuple[float, float, tuple | None]:
