@@ -78,12 +78,15 @@ class MatmulRule:
             contract(ctx, node, ca, cb)
             return opaque(node, ctx, f"summed over its channels by {describe(node)} (node {node.name})")
         if va <= {-2} and vb <= {-1} and not (va and vb):
-            kept, other = (ca, cb) if va else (cb, ca)
-            # The other factor, one value for every channel, cannot follow them (as in a broadcast product).
-            ctx.pin_code(other, f"multiplied into every channel by {describe(node)} (node {node.name})")
+            # The factor without channels, one value for every channel of the other, cannot follow
+            # them (as in a broadcast product); with channels on neither, both are pinned.
+            reason = f"multiplied into every channel by {describe(node)} (node {node.name})"
+            for code, channels in ((ca, va), (cb, vb)):
+                if not channels:
+                    ctx.pin_code(code, reason)
             if not (va or vb):
                 return opaque(node, ctx, f"produced by {describe(node)} (node {node.name}) from pinned factors")
-            return leading(kept, out.ndim)
+            return leading(ca if va else cb, out.ndim)
         return None
 
 
