@@ -282,3 +282,27 @@ def test_folding_on_the_export_frontend_adds_a_bias_to_aten_convs():
     created = [f for f in folds.values() if f.bias is None]
     assert len(created) == 1 and hasattr(result.compact_graph, f"{created[0].node}_folded_bias")
     assert result.compact.get_submodule(created[0].weight.rpartition(".")[0]).bias is not None
+
+
+def test_training_check_runs_in_float32_and_float64_decides_a_disagreement(monkeypatch):
+    """The training-mode check runs as the model runs (float32); only where that
+    disagrees is it run again in float64, whose verdict stands."""
+    import graphprune.passes.verify as verify
+    real, calls = verify.compare_in_training, []
+
+    def spy(*args, dtype=torch.float64, **kwargs):
+        calls.append(dtype)
+        err, rel, what = real(*args, dtype=dtype, **kwargs)
+        return (1.0, 1.0, "float32 round-off") if dtype is None and len(calls) == 1 and spy.disagree else \
+            (err, rel, what)
+
+    x = torch.randn(2, 3, 16, 16)
+    spy.disagree = False
+    monkeypatch.setattr(verify, "compare_in_training", spy)
+    agreed = graphprune.prune(calibrate(SmallResNet(), x), x, ratio=0.5)
+    assert calls == [None] and agreed.report.verification.train_max_rel_error < 1e-5
+    calls.clear()
+    spy.disagree = True  # float32 says 1.0 (as round-off under a BN of near-constants can): float64 decides
+    decided = graphprune.prune(calibrate(SmallResNet(), x), x, ratio=0.5)
+    assert calls == [None, torch.float64] and decided.report.verification.train_max_rel_error < 1e-10
+    assert all(p.dtype == torch.float32 for p in (*decided.compact.parameters(), *decided.masked.parameters()))
