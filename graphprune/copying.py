@@ -46,6 +46,8 @@ def private_copy(model: nn.Module) -> nn.Module:
                 state[key] = {k: None if m is None else clone(m) for k, m in value.items()}
             elif key == "_parameters":
                 state[key] = dict(value)
+            elif key == "_buffers":
+                state[key] = {k: _own_buffer(t, memo) for k, t in value.items()}
             elif _immutable(value):
                 state[key] = value
             elif isinstance(value, dict) and not value:
@@ -57,6 +59,16 @@ def private_copy(model: nn.Module) -> nn.Module:
         return new
 
     return clone(model)
+
+
+def _own_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
+    """A buffer's copy (tied buffers stay tied): a plain clone where deepcopy's
+    generic path would cost most of the copy (BatchNorm's three buffers per layer)."""
+    if tensor is None or type(tensor) is not torch.Tensor:
+        return copy.deepcopy(tensor, memo)
+    if id(tensor) not in memo:
+        memo[id(tensor)] = tensor.detach().clone().requires_grad_(tensor.requires_grad)
+    return memo[id(tensor)]
 
 
 IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)

@@ -76,14 +76,19 @@ class ChannelMaskHook:
     def __init__(self, keep: dict[str, torch.Tensor]):
         self.keep = keep
         self._seen: dict[str, tuple[int, int, int]] = {}
+        self._rows = {name: dropped_rows(k) for name, k in keep.items()}
 
     def __getstate__(self) -> dict:
         return {"keep": self.keep}  # what was seen belongs to this process's tensors
 
     def __setstate__(self, state: dict) -> None:
-        self.keep, self._seen = state["keep"], {}
+        self.__init__(state["keep"])
 
-    def __call__(self, module: nn.Module, args: Any) -> None:
+    def zero(self, module: nn.Module) -> None:
+        """Zero the masked entries now, without looking first (a fresh copy), and hook the gradients."""
+        self(module, (), look=False)
+
+    def __call__(self, module: nn.Module, args: Any, look: bool = True) -> None:
         for name, keep in self.keep.items():
             tensor = getattr(module, name, None)
             if not isinstance(tensor, torch.Tensor):
@@ -94,8 +99,8 @@ class ChannelMaskHook:
             if self._seen.get(name) == seen:
                 continue
             with torch.no_grad():
-                if any(bool(tensor.index_select(dim, rows.to(tensor.device)).ne(0).any())
-                       for dim, rows in dropped_rows(keep)):
+                if not look or any(bool(tensor.index_select(dim, rows.to(tensor.device)).ne(0).any())
+                       for dim, rows in self._rows[name]):
                     tensor.mul_(keep.to(tensor.device, tensor.dtype))
             self._seen[name] = (id(tensor), tensor._version, tensor.data_ptr())
 
@@ -151,7 +156,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     for owner, keep in by_owner.items():
         module = model.get_submodule(owner)
         hook = ChannelMaskHook(keep)
-        hook(module, ())  # zero now, and hook the gradients
+        hook.zero(module)
         module.register_forward_pre_hook(hook)
 
 
