@@ -10,7 +10,8 @@ imports torch and exports dense resnet18 to ONNX with
 Rows: the main job ``graphprune prune resnet18 -o resnet18_pruned.onnx``,
 ``graphprune bench mobilenet_v3_large``, and the plain script; the first run
 of each is "cold" (files not in the page cache, caches empty), the others
-"warm" (median of the rest).
+"warm" (median of the rest). Runs are interleaved (one of each command per
+round), so a busy spell on a shared machine hits every row alike.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def main() -> None:
         "plain: import torch, export dense resnet18 (dynamo)": [sys.executable, "-c",
                                                                 PLAIN.format(path=str(work / "dense.onnx"))],
     }
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
+    for _ in range(args.repeat):  # interleaved: a busy spell on a shared machine hits every command alike
+        for name, command in jobs.items():
+            runs[name].append(timed(command))
     rows = {}
-    for name, command in jobs.items():
-        runs = [timed(command) for _ in range(args.repeat)]
-        warm = runs[1:] or runs
-        rows[name] = {"cold_s": runs[0][0], "warm_s": statistics.median(r[0] for r in warm),
-                      "peak_mb": max(r[1] for r in runs)}
+    for name, done in runs.items():
+        warm = done[1:] or done
+        rows[name] = {"cold_s": done[0][0], "warm_s": statistics.median(r[0] for r in warm),
+                      "peak_mb": max(r[1] for r in done)}
     plain = rows["plain: import torch, export dense resnet18 (dynamo)"]["warm_s"]
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.repeat} runs each\n")
     print("| command | cold s | warm s | peak RSS MB | warm / plain |")
