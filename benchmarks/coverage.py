@@ -32,7 +32,7 @@ FIXED_SIZE = {"vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224
 MIN_SIZE = {"inception_v3": 96, "swin_v2_t": 128, "swin_v2_s": 128, "swin_v2_b": 128}
 
 
-def run_one(name: str, size: int, ratio: float, mode: str = "per_layer", onnx: bool = False) -> dict:
+def run_one(name: str, size: int, ratio: float, mode: str = "per_layer", onnx: bool = False, heads: str = "dims") -> dict:
     """Prune one model; runs inside a child process."""
     import warnings
 
@@ -58,7 +58,7 @@ def run_one(name: str, size: int, ratio: float, mode: str = "per_layer", onnx: b
     row = {"model": name, "size": size}
     start = time.perf_counter()
     try:
-        result = graphprune.prune(model, x, ratio=ratio, criterion="l1", mode=mode)
+        result = graphprune.prune(model, x, ratio=ratio, criterion="l1", mode=mode, heads=heads)
     except VerificationError as exc:
         row.update(outcome="WRONG", reason=str(exc).splitlines()[0][:160])
         return row
@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input size where the model allows (default 64)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--mode", default="per_layer", choices=["per_layer", "group"])
+    parser.add_argument("--heads", default="dims", choices=["dims", "whole"],
+                        help="attention: prune head dims (default) or drop whole heads")
     parser.add_argument("--onnx", action="store_true", help="also export each compact model, checked on ONNX Runtime")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--out", help="also write the markdown table here")
@@ -135,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(run_one(args.child, args.size, args.ratio, args.mode, args.onnx)))
+        print(json.dumps(run_one(args.child, args.size, args.ratio, args.mode, args.onnx, args.heads)))
         return
 
     import torchvision
@@ -144,7 +146,7 @@ def main() -> None:
     rows = []
     for i, name in enumerate(names, 1):
         cmd = [sys.executable, __file__, "--child", name, "--size", str(args.size), "--ratio", str(args.ratio),
-               "--mode", args.mode] + (["--onnx"] if args.onnx else [])
+               "--mode", args.mode, "--heads", args.heads] + (["--onnx"] if args.onnx else [])
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]

@@ -168,7 +168,7 @@ def pin_reasons(pinned: dict[str, int], model) -> dict[str, int]:
     return dict(out)
 
 
-def run_one(source: str, name: str, size: int, ratio: float) -> dict:
+def run_one(source: str, name: str, size: int, ratio: float, heads: str = "dims") -> dict:
     """Prune one model; runs inside a child process."""
     import warnings
 
@@ -185,7 +185,7 @@ def run_one(source: str, name: str, size: int, ratio: float) -> dict:
         return row
     start = time.perf_counter()
     try:
-        result = graphprune.prune(model, x, ratio=ratio, criterion="l2", mode="group")
+        result = graphprune.prune(model, x, ratio=ratio, criterion="l2", mode="group", heads=heads)
     except VerificationError as exc:
         row.update(outcome="WRONG", reason=first(exc))
         return row
@@ -216,7 +216,8 @@ def run_one(source: str, name: str, size: int, ratio: float) -> dict:
 
 
 def run_child(source: str, name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", source, name, "--size", str(args.size), "--ratio", str(args.ratio)]
+    cmd = [sys.executable, __file__, "--child", source, name, "--size", str(args.size), "--ratio", str(args.ratio),
+           "--heads", args.heads]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -295,6 +296,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--with-test-models", action="store_true", help="let timm's test_* models be chosen")
     parser.add_argument("--size", type=int, default=64, help="input size where the model allows (default 64)")
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--heads", default="dims", choices=["dims", "whole"],
+                        help="attention: prune head dims (default) or drop whole heads")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per model (default 120)")
     parser.add_argument("--json", help="write every row and the summary here")
     parser.add_argument("--list", action="store_true", help="print the selection and stop")
@@ -316,7 +319,7 @@ def sweep(cases: list[tuple[str, str]], source: str, args: argparse.Namespace) -
 def main() -> None:
     args = parse()
     if args.child:
-        print(json.dumps(run_one(args.child[0], args.child[1], args.size, args.ratio)))
+        print(json.dumps(run_one(args.child[0], args.child[1], args.size, args.ratio, heads=args.heads)))
         return
     start = time.perf_counter()
     if args.only:

@@ -100,7 +100,8 @@ def run(name: str, args: argparse.Namespace, work: Path) -> dict:
             nn.init.normal_(layer.weight, 0.0, 0.02)
     x = torch.randn(1, 3, 224, 224)
     start = time.perf_counter()
-    result = graphprune.prune(model, x, ratio=0.5, criterion="l1", mode="group", round_to="auto")
+    result = graphprune.prune(model, x, ratio=0.5, criterion="l1", mode="group", round_to="auto",
+                              heads=args.heads)
     prune_s = time.perf_counter() - start
     standard, swapped = with_norms(result.compact, standard_norm)
     plain, _ = with_norms(result.compact, PlainOpLayerNorm)
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--heads", default="dims", choices=["dims", "whole"],
+                        help="attention: prune head dims (default) or drop whole heads")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

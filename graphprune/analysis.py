@@ -102,6 +102,8 @@ class ChannelGraph:
     graphs: dict[str, GraphCodes]
     #: outputs outside the output contract (description -> code): their channels are not pinned
     auxiliary: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: where channels were split into whole heads: module path -> one raw id per head
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def codes(self) -> dict[str, object]:
@@ -147,8 +149,12 @@ class ChannelGraph:
 class AnalysisContext:
     """Mutable state shared by the op rules during one analysis walk."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, whole_heads: bool = False):
         self.next_id = 1  # 0 is PINNED
+        #: a reshape into heads makes each head one channel (``PruneConfig.heads == "whole"``)
+        self.whole_heads = whole_heads
+        #: where a reshape split channels into heads: its module path (or node name) -> one raw id per head
+        self.heads: dict[str, torch.Tensor] = {}
         self._edges_a: list[torch.Tensor] = []
         self._edges_b: list[torch.Tensor] = []
         self._pins: list[tuple[torch.Tensor, str]] = []
@@ -282,6 +288,7 @@ class AnalysisContext:
             producers=producers,
             graphs=self.graphs,
             auxiliary=self.auxiliary,
+            heads=self.heads,
         )
 
 

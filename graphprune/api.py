@@ -50,6 +50,8 @@ class Report:
     pinned: dict[str, int] = field(default_factory=dict)
     #: outputs outside the output contract that the compact model returns with fewer channels: before, after
     reduced_outputs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: with heads="whole": per attention (module path), the heads dropped (indices) and how many it had
+    heads: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
 
     @property
     def compile_seconds(self) -> float:
@@ -77,6 +79,8 @@ class Report:
                          + "; ".join(f"{n} {why}" for why, n in top))
         lines += [f"reduced:  {where} returns {a} of {b} channels (not in the output contract)"
                   for where, (b, a) in self.reduced_outputs.items()]
+        lines += [f"heads:    {where}: dropped {len(dropped)} of {total}: {list(dropped)}"
+                  for where, (dropped, total) in self.heads.items() if dropped]
         lines += [f"note:     {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -150,6 +154,7 @@ def prune(
     criterion: str = "l1",
     mode: str = "per_layer",
     coupling: str = "union",
+    heads: str = "dims",
     ignore: Iterable[Any] = (),
     min_channels: int = 1,
     round_to: int | str | None = None,
@@ -191,7 +196,8 @@ def prune(
         pipeline is not None and "export" in pipeline.names))
     notes = [note] if note else []
     config = PruneConfig(
-        ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, ignore=_ignore_names(model, ignore),
+        ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, heads=heads,
+        ignore=_ignore_names(model, ignore),
         min_channels=min_channels, round_to=round_to, ratios=dict(ratios or {}), mask_bn=mask_bn,
         fold_constants=fold_constants, target_flops=target_flops, target_latency=target_latency, verify=verify,
         tolerance=tolerance, seed=seed, frontend=frontend, outputs=outputs, train_outputs=train_outputs,
@@ -223,7 +229,16 @@ def build_report(state: CompileState) -> Report:
         replaced=dict(state.replaced),
         pinned=pinned_by_reason(state.channels) if state.channels is not None else {},
         reduced_outputs=reduced_outputs(state),
+        heads=dropped_heads(state),
     )
+
+
+def dropped_heads(state: CompileState) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Per reshape into whole heads (module path): the heads the plan drops, and how many there were."""
+    if state.channels is None or state.plan is None:
+        return {}
+    return {where: (tuple((~state.plan.kept(raw)).nonzero().flatten().tolist()), raw.numel())
+            for where, raw in state.channels.heads.items()}
 
 
 def pinned_by_reason(channels: ChannelGraph) -> dict[str, int]:

@@ -6,7 +6,8 @@ slices ``in_proj``'s columns and ``out_proj``'s rows and leaves the heads
 whole, so the scores are the masked model's exactly. The standard module
 cannot run that way (it checks that its input is ``embed_dim`` wide), so the
 compact model gets :class:`CompactMultiheadAttention`: the same computation
-with the head dims taken from the layer, not from the input.
+with the head dims taken from the layer, not from the input, and as many
+heads as ``in_proj`` has rows for (with whole heads, some are dropped).
 Swin's window attention (torchvision's ``shifted_window_attention``, a
 function of the block's tensors) gets the same treatment: the compact graph
 calls :func:`shifted_window_attention` here, which takes the heads' width
@@ -29,11 +30,14 @@ class CompactMultiheadAttention(CompactLayer):
     masks, no added key/value biases) whose model dim lost channels. Same
     parameter names, same call signature for what it supports."""
 
-    why = "its model dim is narrower than its heads (in_proj's columns and out_proj's rows sliced)"
+    why = ("its model dim is narrower than its heads, or it lost heads (in_proj's columns and out_proj's rows "
+           "sliced, or whole heads' rows and columns)")
 
     def __init__(self, layer: nn.MultiheadAttention):
         super().__init__()
-        self.embed_dim, self.num_heads, self.head_dim = layer.embed_dim, layer.num_heads, layer.head_dim
+        self.head_dim = layer.head_dim
+        self.num_heads = layer.in_proj_weight.shape[0] // (3 * layer.head_dim)  # the heads kept
+        self.embed_dim = self.num_heads * self.head_dim  # the heads' width (the model dim is the weights')
         self.dropout, self.batch_first = layer.dropout, layer.batch_first
         self.in_proj_weight, self.in_proj_bias = layer.in_proj_weight, layer.in_proj_bias
         self.out_proj = layer.out_proj

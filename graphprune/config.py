@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 MODES = ("per_layer", "group", "global")
 COUPLINGS = ("union", "intersection")
+HEADS = ("dims", "whole")
 VERIFY = (True, False, "report")
 
 
@@ -27,6 +28,12 @@ class PruneConfig:
     - ``coupling``: how per-layer choices of layers writing the same channels
       combine: ``union`` (lossless) or ``intersection`` (the paper's ablation;
       the compact model then differs from the masked one).
+    - ``heads``: how attention written with matmuls or
+      ``F.scaled_dot_product_attention`` loses channels: ``dims`` (every head
+      keeps the same positions of its q, k, v dims) or ``whole`` (a head is one
+      channel: its q, k and v are kept or dropped together, the head dim
+      unchanged). It decides how a reshape that splits a last dim into
+      ``(..., heads, head_dim)`` couples channels.
     - ``ignore``: module names (or glob patterns) kept exactly as they are.
     - ``min_channels``: every group keeps at least this many channels (>= 1).
     - ``round_to``: kept channels per group rounded to the nearest multiple of
@@ -56,6 +63,7 @@ class PruneConfig:
     criterion: str = "l1"
     mode: str = "per_layer"
     coupling: str = "union"
+    heads: str = "dims"
     ignore: tuple[str, ...] = ()
     min_channels: int = 1
     round_to: int = 1
@@ -79,6 +87,8 @@ class PruneConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.coupling not in COUPLINGS:
             raise ConfigError(f"coupling must be one of {', '.join(COUPLINGS)}; got {self.coupling!r}")
+        if self.heads not in HEADS:
+            raise ConfigError(f"heads must be one of {', '.join(HEADS)}; got {self.heads!r}")
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ConfigError(f"min_channels must be an integer >= 1; got {self.min_channels!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:

@@ -1010,11 +1010,12 @@ class Settings:
     ignore: tuple[str, ...] = ()
     verify: bool | str = True
     frontend: str = "auto"
+    heads: str = "dims"
 
     def kwargs(self) -> dict:
         return dict(ratio=self.ratio, criterion=self.criterion, mode=self.mode, round_to=self.round_to,
                     min_channels=self.min_channels, ignore=self.ignore, verify=self.verify,
-                    frontend=self.frontend)
+                    frontend=self.frontend, heads=self.heads)
 
 
 def draw_settings(choose: Any, model: nn.Module) -> Settings:
@@ -1031,6 +1032,7 @@ def draw_settings(choose: Any, model: nn.Module) -> Settings:
         min_channels=choose.choice([1, 1, 2]),
         ignore=ignore,
         verify=choose.choice([True, "report", False]),
+        heads=choose.choice(["dims", "dims", "whole"]),  # drawn last: the draws before it stay as they were
     )
 
 

@@ -2,13 +2,14 @@
 the model dim through in_proj and writes it through out_proj
 (graphprune/attention.py), its heads whole; attention written with
 F.scaled_dot_product_attention or matmuls also prunes its head dims, the
-same positions in every head, at the original scale (rules/contraction.py)."""
+same positions in every head, at the original scale (rules/contraction.py),
+or with heads="whole" drops whole heads, the head dim kept."""
 
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-from helpers import AttentionNet
+from helpers import AttentionNet, HandWrittenAttention
 from torchvision.models.vision_transformer import VisionTransformer
 
 import graphprune
@@ -277,3 +278,108 @@ def test_an_unverified_compile_never_returns_a_model_that_fails_to_run():
                          frontend="export", verify=False)
     result = graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, verify=False)
     assert result.report.verification is None and result.compact.attn.qkv.out_features < 48  # fx: it runs
+
+
+class FourHeadNet(nn.Module):
+    """Hand-written attention with four heads of 4 dims over a 16-wide stream."""
+
+    def __init__(self, sdpa: bool):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
+        self.attn, self.head = HandWrittenAttention(16, 4, sdpa), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(h + self.attn(self.norm(h)))
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
+def test_whole_heads_are_dropped_with_their_q_k_v_rows_and_the_head_dim_kept(sdpa):
+    torch.manual_seed(0)
+    model = FourHeadNet(sdpa).eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+        model.attn.qkv.weight.mul_(4)  # peaked attention: a wrong scale or a wrong head shows
+        model.attn.qkv.weight.view(3, 4, 4, 16)[:, 1].mul_(0.1)  # head 1 is the weakest by L1
+    x = torch.randn(2, 5, 6)
+    result = graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    dropped, total = report.heads["attn"]
+    assert total == 4 and len(dropped) == 2 and 1 in dropped
+    assert f"heads:    attn: dropped 2 of 4: {list(dropped)}" in str(report)
+    kept = [h for h in range(4) if h not in dropped]
+    compact = result.compact.attn
+    # the kept heads' rows of q, k and v, whole (4 dims each), in order; the head dim is still 4
+    rows = torch.tensor([part * 16 + h * 4 + j for part in range(3) for h in kept for j in range(4)])
+    assert torch.equal(compact.qkv.weight, model.attn.qkv.weight[rows][:, result.plan.kept_indices("embed.weight")])
+    assert compact.proj.in_features == 8
+    masked_rows = result.masked.attn.qkv.weight.view(3, 4, 4, -1)
+    assert not masked_rows[:, list(dropped)].any() and masked_rows[:, kept].abs().sum() > 0
+    fresh = torch.randn(4, 5, 6)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_timm_vision_transformer_drops_whole_heads_exactly(tmp_path):
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    torch.manual_seed(0)
+    model = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        model.pos_embed.normal_(0, 0.5)
+    result = graphprune.prune(model, torch.randn(2, 3, 32, 32), ratio=0.5, mode="group", heads="whole")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    assert report.prunable_fraction > 0.95
+    assert set(report.heads) == {"blocks.0.attn", "blocks.1.attn"}
+    for i, (dropped, total) in enumerate(report.heads[f"blocks.{b}.attn"] for b in (0, 1)):
+        attn = result.compact.blocks[i].attn
+        assert total == 4 and len(dropped) == 2 and attn.qkv.out_features == 3 * 2 * 8  # 2 heads of 8 dims
+    fresh = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = result.compact(fresh)
+    export_onnx(result.compact, fresh, tmp_path / "vit_heads.onnx")
+    session = ort.InferenceSession(str(tmp_path / "vit_heads.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: fresh.numpy()})[0])
+    assert (onnx_out - got).abs().max() <= 1e-4 * got.abs().max()
+
+
+def test_heads_must_be_dims_or_whole():
+    with pytest.raises(graphprune.ConfigError, match="heads must be one of dims, whole; got 'all'"):
+        graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), heads="all")
+
+
+def test_multihead_attention_drops_whole_heads_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                              num_classes=5)
+    with torch.no_grad():
+        model.encoder.pos_embedding.normal_(0, 0.5)
+        model.class_token.normal_(0, 0.5)
+        model.heads.head.weight.normal_(0, 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    path = "encoder.layers.encoder_layer_0.self_attention"
+    dropped, total = report.heads[path]
+    assert total == 4 and len(dropped) == 2
+    attention = result.compact.encoder.layers[0].self_attention
+    assert isinstance(attention, CompactMultiheadAttention) and attention.num_heads == 2
+    assert attention.head_dim == 8 and attention.in_proj_weight.shape[0] == 3 * 2 * 8
+    assert attention.out_proj.weight.shape[1] == 16
+    kept = [h for h in range(4) if h not in dropped]
+    rows = torch.tensor([part * 32 + h * 8 + j for part in range(3) for h in kept for j in range(8)])
+    columns = result.plan.kept_indices(f"{path}.in_proj_weight", 1)
+    assert torch.equal(attention.in_proj_weight, model.encoder.layers[0].self_attention.in_proj_weight[rows][:, columns])
+    fresh = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+    export_onnx(result.compact, fresh, tmp_path / "vit_heads.onnx")

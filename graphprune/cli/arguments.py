@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import COUPLINGS, MODES, PruneConfig
+from ..config import COUPLINGS, HEADS, MODES, PruneConfig
 from ..criteria import CRITERIA
 from ..deploy import resolve_round_to
 from ..errors import GraphpruneError
@@ -61,6 +61,8 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), help="default l1")
     p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
     p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")
+    p.add_argument("--heads", default="dims", choices=HEADS,
+                   help="attention heads: dims (every head keeps the same head dims; default) or whole (drop heads)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules (or glob patterns) to keep as they are")
     p.add_argument("--round-to", default=None, metavar="N|auto",
                    help="kept channels per group a multiple of N; auto: what ONNX Runtime runs fast on this CPU "
@@ -168,7 +170,7 @@ def prune_options(args: argparse.Namespace) -> dict:
         outputs=output_selector(args.outputs),
         ratio=0.5 if args.ratio is None else args.ratio, criterion=args.criterion,
         mode=args.mode or ("global" if targets else "per_layer"), coupling=args.coupling,
-        ignore=tuple(args.ignore), round_to=round_to(args), min_channels=args.min_channels, seed=args.seed,
+        heads=args.heads, ignore=tuple(args.ignore), round_to=round_to(args), min_channels=args.min_channels, seed=args.seed,
         **targets,
     )
     PruneConfig(**{**options, "round_to": resolve_round_to(options["round_to"], True)[0]})  # validate before any work

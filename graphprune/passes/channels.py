@@ -106,7 +106,7 @@ class ChannelAnalysisPass:
 
     def __call__(self, state: CompileState) -> None:
         gm = state.graph
-        ctx = AnalysisContext(gm)
+        ctx = AnalysisContext(gm, whole_heads=state.config.heads == "whole")
         self.opaque_attributes: set[str] = set()
         self.walk(gm, ctx, state)
         graphs = [gm]

@@ -3,9 +3,11 @@
 ``nn.MultiheadAttention`` used as self-attention (query, key and value one
 tensor, packed ``in_proj``, no masks) reads its input's channels through
 ``in_proj``'s columns, like a linear layer, and writes fresh channels through
-``out_proj``'s rows. The heads are not pruned; the compact model runs
-:class:`~graphprune.attention.CompactMultiheadAttention` where the model dim
-lost channels. Any other use (cross-attention, masks, separate projections,
+``out_proj``'s rows. Its heads keep their dims; with whole heads
+(``PruneConfig.heads == "whole"``) each head is one channel, written by its
+q, k and v rows of ``in_proj`` and read by its columns of ``out_proj``. The
+compact model runs :class:`~graphprune.attention.CompactMultiheadAttention`
+where the model dim or the heads lost channels. Any other use (cross-attention, masks, separate projections,
 ``add_bias_kv``) pins what it reads.
 
 Swin's window attention block (torchvision's ``ShiftedWindowAttention`` and
@@ -57,6 +59,8 @@ class MultiheadAttentionRule:
         if incoming is None:
             return UnknownOpRule().analyze(node, ctx)
         ctx.add_slot(qualified(path, "in_proj_weight"), 1, incoming, writes=False, kind="input")
+        if ctx.whole_heads and layer.num_heads > 1:
+            self.whole_heads(ctx, path, layer)
         raw = ctx.fresh(layer.embed_dim)
         out_weight = qualified(path, "out_proj.weight")
         ctx.add_slot(out_weight, 0, raw, writes=True, kind="filter")
@@ -66,9 +70,26 @@ class MultiheadAttentionRule:
         codes = opaque(node, ctx, f"attention weights of {path!r}")  # (output, weights or None)
         return (out_code(raw, value(node)[0].ndim, -1), codes[1])
 
+    @staticmethod
+    def whole_heads(ctx: AnalysisContext, path: str, layer: nn.MultiheadAttention) -> None:
+        """Each head one channel: its q, k and v rows of in_proj write it (a
+        dropped head's are zero in the masked model, so its output is zero),
+        its columns of out_proj read it."""
+        heads = ctx.fresh(layer.num_heads)
+        columns = heads.repeat_interleave(layer.head_dim)
+        rows = columns.repeat(3)
+        weight = qualified(path, "in_proj_weight")
+        ctx.add_slot(weight, 0, rows, writes=True, kind="filter")
+        if layer.in_proj_bias is not None:
+            ctx.add_slot(qualified(path, "in_proj_bias"), 0, rows, writes=True, kind="bias")
+        ctx.add_producer(path, weight, 0, rows)
+        ctx.add_slot(qualified(path, "out_proj.weight"), 1, columns, writes=False, kind="input")
+        ctx.heads[path] = heads
+
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         layer = rw.gm.get_submodule(str(node.target))  # its tensors sliced already
-        if layer.in_proj_weight.shape[1] != layer.embed_dim or layer.out_proj.weight.shape[0] != layer.embed_dim:
+        if layer.in_proj_weight.shape != (3 * layer.embed_dim, layer.embed_dim) or \
+                layer.out_proj.weight.shape != (layer.embed_dim, layer.embed_dim):
             swap_module(rw, node, CompactMultiheadAttention)
 
 

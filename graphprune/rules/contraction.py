@@ -6,10 +6,13 @@ operands is one channel: dropping it removes the term ``a_i * b_i``, which
 the masked model computes as zero when either factor is a dropped zero. The
 result holds no channels (it is summed over them). Where the channels are on
 a free dim (``attn @ v``: the rows of ``v``'s last dim), the product keeps
-them: column ``m`` of the result is zero when column ``m`` of ``b`` is. A
-contraction whose channels vary on a batch dim, on both dims of one
-operand, or on one side of the contracted dim only, is not understood: the
-unknown rule pins it.
+them: column ``m`` of the result is zero when column ``m`` of ``b`` is.
+Where the channels vary along batch dims only (whole heads: head ``h`` of
+``q @ k^T`` and of ``attn @ v``), each batch index is its own product:
+head ``h`` of both operands is one channel, and of the result, which is zero
+where either factor's head is. A contraction whose channels vary on batch
+and matrix dims at once, on both dims of one operand, or on one side of the
+contracted dim only, is not understood: the unknown rule pins it.
 
 ``F.scaled_dot_product_attention(q, k, v)`` is the two of them,
 ``softmax(q @ k^T * scale) @ v``: q's and k's head dims are one channel each,
@@ -61,6 +64,39 @@ def leading(code: torch.Tensor, ndim: int) -> torch.Tensor:
     return code.reshape((1,) * (ndim - code.ndim) + tuple(code.shape))
 
 
+def batch_only(codes: list[torch.Tensor]) -> bool:
+    """Whether channels vary somewhere, and only along batch dims (before the last two)."""
+    dims = [varying(c) for c in codes]
+    return any(dims) and all(d < -2 for v in dims for d in v)
+
+
+def per_batch_index(ctx: AnalysisContext, node: fx.Node, operands: list[fx.Node], zero_from: list[int]) -> Any:
+    """The output code of a product taken per batch index (whole heads): the
+    operands' batch-dim ids are one channel each, and the output's is zero
+    where an operand in ``zero_from`` is zero. An operand without channels
+    must broadcast over the batch dims (size 1 there), else the compact model
+    would pair its heads with the wrong ones: None (the unknown rule pins)."""
+    out = value(node)
+    codes = [leading(ctx.code(t), out.ndim) for t in operands]
+    channel_dims = set().union(*(varying(c) for c in codes))
+    for t, code in zip(operands, codes):
+        shape = (1,) * (out.ndim - value(t).ndim) + tuple(value(t).shape)
+        if not varying(code) and any(shape[d] != 1 for d in channel_dims):
+            return None
+    heads = [c.narrow(-1, 0, 1).narrow(-2, 0, 1) for c in codes]
+    try:
+        heads = list(torch.broadcast_tensors(*heads))
+    except RuntimeError:
+        return None
+    varied = [h for h, c in zip(heads, codes) if varying(c)]
+    for other in varied[1:]:
+        ctx.unify(ids.raw_ids(varied[0]).reshape(-1), ids.raw_ids(other).reshape(-1))
+    zero = torch.zeros(heads[0].shape, dtype=torch.bool)
+    for i in zero_from:
+        zero = zero | ids.zero_bits(heads[i])
+    return ids.encode(ids.raw_ids(varied[0]), zero)
+
+
 class MatmulRule:
     """``a @ b``, ``torch.matmul``, ``torch.bmm`` (see the module docstring)."""
 
@@ -74,6 +110,8 @@ class MatmulRule:
             return None
         ca, cb = ctx.code(a), ctx.code(b)
         va, vb = varying(ca), varying(cb)
+        if batch_only([ca, cb]):
+            return per_batch_index(ctx, node, [a, b], zero_from=[0, 1])
         if va == {-1} and vb == {-2}:
             contract(ctx, node, ca, cb)
             return opaque(node, ctx, f"summed over its channels by {describe(node)} (node {node.name})")
@@ -104,6 +142,11 @@ class ScaledDotProductAttentionRule:
         mask_code = ctx.code(mask) if isinstance(mask, fx.Node) else None
         if isinstance(mask_code, torch.Tensor) and varying(mask_code):
             return None  # a mask with channels
+        if batch_only([cq, ck, cv]):  # whole heads; a mask must then be the same for every head
+            meta = value(mask) if isinstance(mask, fx.Node) else None
+            if isinstance(meta, TensorMeta) and meta.ndim >= 3 and meta.shape[-3] != 1:
+                return None
+            return per_batch_index(ctx, node, [q, k, v], zero_from=[2])
         if not (varying(cq) == varying(ck) and varying(cq) <= {-1} and varying(cv) <= {-1}):
             return None
         if varying(cq):

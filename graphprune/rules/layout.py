@@ -10,7 +10,10 @@ When the output's channels vary along two or more dims (a reshape that splits
 the channel dim into groups, as channel shuffle does), a compact tensor can
 only be a product set. The rule couples elements that share an index along the
 dim with the most distinct channels, so pruning removes the same positions
-from every group.
+from every group. With whole heads (``PruneConfig.heads == "whole"``) a
+reshape that splits the last dim into ``(..., heads, head_dim)`` (or
+``(..., 3, heads, head_dim)``, q, k and v packed) keeps the heads dim
+instead: each head is one channel, kept or dropped whole.
 
 The rewrite updates what the graph encodes about channel counts: literal
 view/reshape/expand sizes, split sizes (a chunk becomes a split with the kept
@@ -79,6 +82,26 @@ class LayoutRule:
             return None
         prefer = self.channel_dim(node, ctx)
         return map_aggregate(out, lambda t: finish(ctx, t, prefer) if isinstance(t, torch.Tensor) else None)
+
+
+def head_split_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
+    """With whole heads: where ``node`` reshapes its input's channels (varying
+    along its last dim only) into several trailing dims, the second to last
+    of them (the heads of ``(..., heads, head_dim)``); else None."""
+    if not getattr(ctx, "whole_heads", False) or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    code, source, out = ctx.code(node.args[0]), value(node.args[0]), value(node)
+    if not (isinstance(code, torch.Tensor) and isinstance(source, TensorMeta) and isinstance(out, TensorMeta)):
+        return None
+    if code.ndim != source.ndim or ids.varying_dims(code) != [code.ndim - 1]:
+        return None
+    width, product, first = source.shape[-1], 1, out.ndim
+    while first > 0 and product < width:
+        first -= 1
+        product *= out.shape[first]
+    if product != width or out.ndim - first < 2 or tuple(out.shape[:first]) != tuple(source.shape[:-1]):
+        return None
+    return out.ndim - 2
 
 
 class DimMovingRule(LayoutRule):
@@ -219,6 +242,18 @@ class ShapeArgsRule(LayoutRule):
 
     name = "reshape"
 
+    def channel_dim(self, node: fx.Node, ctx: AnalysisContext) -> int | None:
+        return head_split_dim(node, ctx)
+
+    def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
+        out = super().analyze(node, ctx)
+        dim = self.channel_dim(node, ctx)
+        if dim is not None and isinstance(out, torch.Tensor) and ids.varying_dims(out) == [dim]:
+            stack = node.meta.get("nn_module_stack") or {}
+            where = next(reversed(stack.values()))[0] if stack else node.name
+            ctx.heads[where if where not in ctx.heads else node.name] = ids.raw_ids(out).reshape(-1)
+        return out
+
     @staticmethod
     def stale(item: Any, size: int, rw: RewriteContext) -> bool:
         """Whether a size computed in forward is not ``size`` in the compact
@@ -320,6 +355,9 @@ class NarrowRule(LayoutRule):
 
 class UnflattenRule(LayoutRule):
     name = "unflatten"
+
+    def channel_dim(self, node: fx.Node, ctx: AnalysisContext) -> int | None:
+        return head_split_dim(node, ctx)
 
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         sizes = rw.compact_shape(node)
