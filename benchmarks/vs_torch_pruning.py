@@ -137,13 +137,11 @@ def count_params(model) -> int:
 
 
 def count_flops(model, x) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """torch.utils.flop_counter's count, as graphprune counts it for both tools
+    (nn.MultiheadAttention's fused kernel and the CPU's attention kernel counted)."""
+    from graphprune.flops import count_flops as counted
 
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x.clone())
-    return int(counter.get_total_flops())
+    return counted(model, (x,))
 
 
 def relative_error(a, b) -> float:

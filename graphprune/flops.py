@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 from .analysis import ChannelGraph
 from .numerics import fresh_copy
@@ -33,10 +33,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """``torch.utils.flop_counter``'s counter, which also counts
+    ``F.scaled_dot_product_attention`` on the CPU (it has the formula only for
+    the GPU kernels, and counted the CPU's as 0)."""
+    cpu = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return FlopCounterMode(display=False, custom_mapping={cpu: _cpu_attention_flops} if cpu is not None else {})
+
+
 def count_flops(model: nn.Module, example_inputs: tuple) -> int:
-    """FLOPs of one forward pass of ``model`` on the inputs (2 per multiply-accumulate)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    """FLOPs of one forward pass of ``model`` on the inputs (2 per multiply-accumulate).
+
+    ``nn.MultiheadAttention`` takes a fused inference kernel without autograd,
+    which the counter does not see; with one in the model the forward runs
+    with autograd on (its weights requiring grad), so its products are counted."""
+    attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    counter = flop_counter()
+    with torch.set_grad_enabled(attention), counter:
         model(*fresh_copy(example_inputs))
     return int(counter.get_total_flops())
 
@@ -88,14 +105,45 @@ def _conv_or_linear(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, 
     return None
 
 
-def shape_flops(gm: fx.GraphModule) -> dict[fx.Node, int] | None:
+#: one part of a node's FLOPs and the weight dims (qualified name, dim) whose kept fraction scales it
+Part = tuple[int, tuple[tuple[str, int], ...]]
+
+
+def attention_parts(node: fx.Node, layer: nn.MultiheadAttention) -> list[Part] | None:
+    """The FLOPs of an ``nn.MultiheadAttention`` used as self-attention (what
+    the counter counts where the module does not take its fused inference
+    kernel, which the counter does not see): the input projection (scaled by
+    the heads' rows and the model dim's columns), the scores and the weighted
+    sum (by the heads' rows: whole heads), the output projection."""
+    x = _shape(node.args[0]) if node.args else None
+    if x is None or len(x) != 3 or layer.in_proj_weight is None or not layer._qkv_same_embed_dim:
+        return None
+    length, batch = (x[1], x[0]) if layer.batch_first else (x[0], x[1])
+    tokens, inner = batch * length, layer.embed_dim
+    path = str(node.target)
+    rows, out = (f"{path}.in_proj_weight", 0), (f"{path}.out_proj.weight", 0)
+    return [
+        (2 * tokens * x[2] * 3 * inner, (rows, (rows[0], 1))),
+        (2 * 2 * batch * length * length * inner, (rows,)),
+        (2 * tokens * inner * layer.out_proj.out_features, (out, (out[0], 1))),
+    ]
+
+
+def shape_flops(gm: fx.GraphModule) -> dict[fx.Node, int | list[Part]] | None:
     """Each node's FLOPs, as ``torch.utils.flop_counter`` counts them, from the
-    shapes the shape pass recorded (no run); None where the graph holds a
-    matrix product this has no formula for."""
+    shapes the shape pass recorded (no run; an attention layer's as its
+    parts); None where the graph holds a matrix product this has no formula for."""
     modules = dict(gm.named_modules(remove_duplicate=False))
-    flops: dict[fx.Node, int] = {}
+    flops: dict[fx.Node, int | list[Part]] = {}
     for node in gm.graph.nodes:
         if not node.op.startswith("call_"):
+            continue
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, nn.MultiheadAttention):
+            parts = attention_parts(node, module)
+            if parts is None:
+                return None
+            flops[node] = parts
             continue
         layer = _conv_or_linear(node, modules)
         x, out = (_shape(node.args[0]) if node.args else None), _shape(node)
@@ -107,7 +155,6 @@ def shape_flops(gm: fx.GraphModule) -> dict[fx.Node, int] | None:
                 flops[node] = 2 * math.prod(out[:-1]) * w[0] * w[1]
             continue
         if node.op == "call_module":
-            module = modules.get(str(node.target))
             if module is None or any(p.ndim >= 2 for p in module.parameters()):
                 return None  # a layer with matrices (attention, a recurrent cell): count by running
         elif str(getattr(node.target, "__name__", node.target)).split(".")[0] in MATMUL_NAMES:
@@ -148,7 +195,7 @@ class FlopsModel:
     def build(cls, gm: fx.GraphModule, channels: ChannelGraph, example_inputs: tuple) -> FlopsModel:
         per_node = shape_flops(gm)
         if per_node is None:  # run it under the counter, noting each node's share
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             runner = _NodeFlops(gm, counter)
             with torch.no_grad(), counter:
                 runner.run(*fresh_copy(example_inputs))
@@ -160,7 +207,7 @@ class FlopsModel:
             term_slots[row, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
         slot_classes = [channels.class_of[s.ids] for s in channels.slots]
         return cls(
-            dense=int(sum(per_node.values())),
+            dense=int(sum(sum(f for f, _ in c) if isinstance(c, list) else c for c in per_node.values())),
             fixed=fixed,
             term_flops=torch.tensor([float(f) for f, _ in terms], dtype=torch.float64),
             term_slots=term_slots,
@@ -173,14 +220,25 @@ class FlopsModel:
 
     @staticmethod
     def _terms(gm: fx.GraphModule, channels: ChannelGraph,
-               flops: dict[fx.Node, int]) -> tuple[list[tuple[int, list[int]]], int]:
-        """Per node that its weight scales: (FLOPs, that weight's slots); and the rest's FLOPs."""
+               flops: dict[fx.Node, int | list[Part]]) -> tuple[list[tuple[int, list[int]]], int]:
+        """Per node that its weight scales: (FLOPs, that weight's slots); per
+        part of a node given as parts, (FLOPs, the slots of its weight dims);
+        and the rest's FLOPs."""
         slots_of: dict[str, list[int]] = {}
+        slot_at = {(slot.target, slot.dim): i for i, slot in enumerate(channels.slots)}
         for i, slot in enumerate(channels.slots):
             slots_of.setdefault(slot.target, []).append(i)
         terms: list[tuple[int, list[int]]] = []
         fixed = 0
         for node, count in flops.items():
+            if isinstance(count, list):
+                for part, dims in count:
+                    scaled = [slot_at[d] for d in dims if d in slot_at]
+                    if scaled:
+                        terms.append((part, scaled))
+                    else:
+                        fixed += part
+                continue
             slotted = [t for t in _tensors_read(gm, node) if t in slots_of]
             if not slotted:
                 fixed += count

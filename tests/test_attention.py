@@ -14,6 +14,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import graphprune
 from graphprune.attention import CompactMultiheadAttention
+from graphprune.flops import count_flops
 from graphprune.onnx_export import export_onnx
 
 
@@ -383,3 +384,15 @@ def test_multihead_attention_drops_whole_heads_exactly(tmp_path):
         expected, got = result.masked(fresh), result.compact(fresh)
     assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
     export_onnx(result.compact, fresh, tmp_path / "vit_heads.onnx")
+
+
+def test_attention_flops_are_counted_and_predicted_in_both_head_modes(vit):
+    """The counter sees nn.MultiheadAttention's products (its fused inference
+    kernel hides them) and SDPA on the CPU; the report's prediction agrees."""
+    layer, x = nn.MultiheadAttention(64, 4, batch_first=True).eval(), torch.randn(2, 10, 64)
+    projections, attention = 2 * 20 * 64 * (3 * 64) + 2 * 20 * 64 * 64, 2 * (2 * 2 * 4 * 10 * 10 * 16)
+    assert count_flops(layer, (x, x, x)) == projections + attention
+    model, x, results = vit
+    for result in (*results.values(), graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")):
+        assert result.report.flops_before == count_flops(model, (x,))
+        assert result.report.flops_after == count_flops(result.compact, (x,)) < result.report.flops_before
