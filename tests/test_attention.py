@@ -396,3 +396,58 @@ def test_attention_flops_are_counted_and_predicted_in_both_head_modes(vit):
     for result in (*results.values(), graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")):
         assert result.report.flops_before == count_flops(model, (x,))
         assert result.report.flops_after == count_flops(result.compact, (x,)) < result.report.flops_before
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["swin", "swin_v2"])
+def test_swin_drops_whole_heads_with_their_position_bias(v2):
+    from graphprune.attention import CompactWindowAttention
+
+    model = small_swin(v2)
+    for block in model.modules():  # position biases that differ per head, so a wrong head shows
+        if hasattr(block, "relative_position_bias_table"):
+            nn.init.normal_(block.relative_position_bias_table, 0, 1.0)
+    x = torch.randn(2, 3, 36, 36)
+    result = graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    path = "features.3.0.attn"  # the second stage: 4 heads of 12
+    dropped, total = report.heads[path]
+    assert total == 4 and len(dropped) == 2
+    block, original = result.compact.features[3][0].attn, model.features[3][0].attn
+    assert isinstance(block, CompactWindowAttention) and block.num_heads == 2
+    kept = [h for h in range(4) if h not in dropped]
+    rows = torch.tensor([part * 48 + h * 12 + j for part in range(3) for h in kept for j in range(12)])
+    assert torch.equal(block.qkv.weight, original.qkv.weight[rows][:, result.plan.kept_indices(f"{path}.qkv.weight", 1)])
+    if v2:
+        assert torch.equal(block.logit_scale, original.logit_scale[kept])
+        assert torch.equal(block.cpb_mlp[2].weight, original.cpb_mlp[2].weight[kept])
+    else:
+        assert torch.equal(block.relative_position_bias_table, original.relative_position_bias_table[:, kept])
+    fresh = torch.randn(3, 3, 36, 36)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_maxvit_drops_whole_heads_with_their_position_bias():
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    model = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                   block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")
+    report = result.report
+    assert report.exact and report.verification.train_max_rel_error <= 1e-4
+    path = "blocks.1.layers.0.layers.grid_attention.attn_layer.1"  # 32 wide: 8 heads of 4
+    dropped, total = report.heads[path]
+    assert total == 8 and len(dropped) == 4
+    attention = result.compact.get_submodule(path)
+    kept = [h for h in range(8) if h not in dropped]
+    assert attention.n_heads == 4 and attention.to_qkv.weight.shape[0] == 3 * 4 * 4
+    assert torch.equal(attention.relative_position_bias_table,
+                       model.get_submodule(path).relative_position_bias_table[:, kept])
+    fresh = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()

@@ -13,7 +13,8 @@ where the model dim or the heads lost channels. Any other use (cross-attention, 
 Swin's window attention block (torchvision's ``ShiftedWindowAttention`` and
 ``...V2``) and MaxViT's relative attention, traced as one call, are the same:
 an input projection's columns read the model dim, an output projection's
-rows and bias write it; the compact model runs their compact forms
+rows and bias write it, and with whole heads each head is one channel, with
+its relative-position bias; the compact model runs their compact forms
 (:mod:`graphprune.attention`).
 """
 
@@ -98,13 +99,18 @@ class ProjectedBlockRule:
     last dim through one linear layer's columns and writes its output through
     another's rows (Swin's window attention: ``qkv`` and ``proj``; MaxViT's:
     ``to_qkv`` and ``merge``). Where the model dim lost channels the compact
-    model runs the block's compact form."""
+    model runs the block's compact form. With whole heads each head is one
+    channel: its q, k and v rows of the input projection write it (a dropped
+    head's output is zero in the masked model, whatever its position bias), its
+    columns of the output projection and its entries of the per-head tensors
+    (relative-position bias tables, Swin V2's logit scales) follow it."""
 
     name = "attention_block"
     whole = True
 
-    def __init__(self, reads: str, writes: str, compact: type):
+    def __init__(self, reads: str, writes: str, compact: type, heads: str, per_head: tuple[tuple[str, int], ...]):
         self.reads, self.writes, self.compact = reads, writes, compact
+        self.heads, self.per_head = heads, per_head
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         layer, path = ctx.module(node.target), str(node.target)
@@ -115,6 +121,8 @@ class ProjectedBlockRule:
         if incoming is None:
             return UnknownOpRule().analyze(node, ctx)
         ctx.add_slot(qualified(path, f"{self.reads}.weight"), 1, incoming, writes=False, kind="input")
+        if ctx.whole_heads and getattr(layer, self.heads) > 1:
+            self.whole_heads(ctx, path, layer, source)
         raw = ctx.fresh(sink.out_features)
         weight = qualified(path, f"{self.writes}.weight")
         ctx.add_slot(weight, 0, raw, writes=True, kind="filter")
@@ -123,16 +131,38 @@ class ProjectedBlockRule:
         ctx.add_producer(qualified(path, self.writes), weight, 0, raw)
         return out_code(raw, value(node).ndim, -1)
 
+    def whole_heads(self, ctx: AnalysisContext, path: str, layer: nn.Module, source: nn.Linear) -> None:
+        count = getattr(layer, self.heads)
+        heads = ctx.fresh(count)
+        columns = heads.repeat_interleave(source.out_features // 3 // count)
+        rows = columns.repeat(3)  # q, k, v, each heads x head dim
+        weight = qualified(path, f"{self.reads}.weight")
+        ctx.add_slot(weight, 0, rows, writes=True, kind="filter")
+        if source.bias is not None:
+            ctx.add_slot(qualified(path, f"{self.reads}.bias"), 0, rows, writes=True, kind="bias")
+        ctx.add_producer(qualified(path, self.reads), weight, 0, rows)
+        ctx.add_slot(qualified(path, f"{self.writes}.weight"), 1, columns, writes=False, kind="input")
+        for name, dim in self.per_head:
+            if name in dict(layer.named_parameters()):
+                ctx.add_slot(qualified(path, name), dim, heads, writes=False, kind="param")
+        ctx.heads[path] = heads
+
     def rewrite(self, node: fx.Node, rw: RewriteContext) -> None:
         layer = rw.gm.get_submodule(str(node.target))  # its tensors sliced already
-        source, sink = layer.get_submodule(self.reads), layer.get_submodule(self.writes)
-        if source.weight.shape[1] != source.in_features or sink.weight.shape[0] != sink.out_features:
-            for linear in (source, sink):
-                linear.out_features, linear.in_features = linear.weight.shape
-            swap_module(rw, node, self.compact)
+        source = layer.get_submodule(self.reads)
+        linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+        if all(tuple(m.weight.shape) == (m.out_features, m.in_features) for m in linears):
+            return
+        head_dim = source.out_features // 3 // getattr(layer, self.heads)
+        setattr(layer, self.heads, source.weight.shape[0] // 3 // head_dim)  # the heads kept
+        for linear in linears:
+            linear.out_features, linear.in_features = linear.weight.shape
+        swap_module(rw, node, self.compact)
 
 
 register_rule(nn.MultiheadAttention)(MultiheadAttentionRule)
-register_rule(ShiftedWindowAttention, ShiftedWindowAttentionV2)(
-    ProjectedBlockRule("qkv", "proj", CompactWindowAttention))
-register_rule(RelativePositionalMultiHeadAttention)(ProjectedBlockRule("to_qkv", "merge", CompactRelativeAttention))
+register_rule(ShiftedWindowAttention, ShiftedWindowAttentionV2)(ProjectedBlockRule(
+    "qkv", "proj", CompactWindowAttention, heads="num_heads",
+    per_head=(("relative_position_bias_table", 1), ("logit_scale", 0), ("cpb_mlp.2.weight", 0))))
+register_rule(RelativePositionalMultiHeadAttention)(ProjectedBlockRule(
+    "to_qkv", "merge", CompactRelativeAttention, heads="n_heads", per_head=(("relative_position_bias_table", 1),)))
