@@ -34,6 +34,7 @@ from torch.fx.node import map_aggregate
 
 from .. import ids
 from .base import TensorMeta, call, describe, size_read, substitute, tensor_args, value
+from .heads import head_split_dim, record_heads
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -82,26 +83,6 @@ class LayoutRule:
             return None
         prefer = self.channel_dim(node, ctx)
         return map_aggregate(out, lambda t: finish(ctx, t, prefer) if isinstance(t, torch.Tensor) else None)
-
-
-def head_split_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
-    """With whole heads: where ``node`` reshapes its input's channels (varying
-    along its last dim only) into several trailing dims, the second to last
-    of them (the heads of ``(..., heads, head_dim)``); else None."""
-    if not getattr(ctx, "whole_heads", False) or not node.args or not isinstance(node.args[0], fx.Node):
-        return None
-    code, source, out = ctx.code(node.args[0]), value(node.args[0]), value(node)
-    if not (isinstance(code, torch.Tensor) and isinstance(source, TensorMeta) and isinstance(out, TensorMeta)):
-        return None
-    if code.ndim != source.ndim or ids.varying_dims(code) != [code.ndim - 1]:
-        return None
-    width, product, first = source.shape[-1], 1, out.ndim
-    while first > 0 and product < width:
-        first -= 1
-        product *= out.shape[first]
-    if product != width or out.ndim - first < 2 or tuple(out.shape[:first]) != tuple(source.shape[:-1]):
-        return None
-    return out.ndim - 2
 
 
 class DimMovingRule(LayoutRule):
@@ -247,11 +228,7 @@ class ShapeArgsRule(LayoutRule):
 
     def analyze(self, node: fx.Node, ctx: AnalysisContext) -> Any:
         out = super().analyze(node, ctx)
-        dim = self.channel_dim(node, ctx)
-        if dim is not None and isinstance(out, torch.Tensor) and ids.varying_dims(out) == [dim]:
-            stack = node.meta.get("nn_module_stack") or {}
-            where = next(reversed(stack.values()))[0] if stack else node.name
-            ctx.heads[where if where not in ctx.heads else node.name] = ids.raw_ids(out).reshape(-1)
+        record_heads(node, ctx, out, self.channel_dim(node, ctx))
         return out
 
     @staticmethod
