@@ -50,10 +50,18 @@ class HandWrittenAttention(nn.Module):
 
 
 class AttentionNet(nn.Module):
-    def __init__(self, sdpa: bool, from_shape: bool = True):
+    def __init__(self, sdpa: bool, from_shape: bool = True, heads: int = 2):
         super().__init__()
         self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
-        self.attn, self.head = HandWrittenAttention(16, 2, sdpa, from_shape), nn.Linear(16, 3)
+        self.attn, self.head = HandWrittenAttention(16, heads, sdpa, from_shape), nn.Linear(16, 3)
+
+    def sharpened(self) -> "AttentionNet":
+        """Non-trivial norm parameters and peaked attention, so a wrong scale or a wrong head shows."""
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+            self.attn.qkv.weight.mul_(4)
+        return self
 
     def forward(self, x):
         h = self.embed(x)

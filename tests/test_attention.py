@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-from helpers import AttentionNet, HandWrittenAttention
+from helpers import AttentionNet
 from torchvision.models.vision_transformer import VisionTransformer
 
 import graphprune
@@ -227,11 +227,7 @@ def test_timm_vision_transformer_prunes_its_stream_and_head_dims_exactly(fused, 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
 def test_hand_written_attention_keeps_the_original_scale_when_its_head_dims_are_pruned(sdpa):
     torch.manual_seed(0)
-    model = AttentionNet(sdpa).eval()
-    with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-        model.norm.bias.uniform_(-0.5, 0.5)
-        model.attn.qkv.weight.mul_(4)  # peaked attention: a scale off by sqrt(2) shows
+    model = AttentionNet(sdpa).eval().sharpened()  # a scale off by sqrt(2) shows
     x = torch.randn(2, 5, 6)
     result = graphprune.prune(model, x, ratio=0.5, mode="per_layer")
     report = result.report
@@ -281,27 +277,11 @@ def test_an_unverified_compile_never_returns_a_model_that_fails_to_run():
     assert result.report.verification is None and result.compact.attn.qkv.out_features < 48  # fx: it runs
 
 
-class FourHeadNet(nn.Module):
-    """Hand-written attention with four heads of 4 dims over a 16-wide stream."""
-
-    def __init__(self, sdpa: bool):
-        super().__init__()
-        self.embed, self.norm = nn.Linear(6, 16), nn.LayerNorm(16)
-        self.attn, self.head = HandWrittenAttention(16, 4, sdpa), nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = self.embed(x)
-        return self.head(h + self.attn(self.norm(h)))
-
-
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])
 def test_whole_heads_are_dropped_with_their_q_k_v_rows_and_the_head_dim_kept(sdpa):
     torch.manual_seed(0)
-    model = FourHeadNet(sdpa).eval()
+    model = AttentionNet(sdpa, heads=4).eval().sharpened()  # four heads of 4 dims
     with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-        model.norm.bias.uniform_(-0.5, 0.5)
-        model.attn.qkv.weight.mul_(4)  # peaked attention: a wrong scale or a wrong head shows
         model.attn.qkv.weight.view(3, 4, 4, 16)[:, 1].mul_(0.1)  # head 1 is the weakest by L1
     x = torch.randn(2, 5, 6)
     result = graphprune.prune(model, x, ratio=0.5, mode="group", heads="whole")
