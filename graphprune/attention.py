@@ -139,7 +139,8 @@ class CompactBlock(CompactLayer):
     tensors, names and settings, its own relative-position-bias method, and a
     forward that takes the heads' width from its weights."""
 
-    why = "its model dim is narrower than its heads (the input projection's columns and the output's rows sliced)"
+    why = ("its model dim is narrower than its heads, or it lost heads (the input projection's columns and the "
+           "output's rows sliced, or whole heads' rows, columns and position biases)")
     #: the block class's method that computes its relative-position bias
     BIAS_METHOD = ""
 

@@ -193,3 +193,13 @@ def test_a_pruned_model_slower_than_dense_is_never_silent(tmp_path, capsys, monk
     assert main(["prune", "resnet18", "--input-shape", "1,3,32,32", "--round-to", "1"]) == 0
     err = capsys.readouterr().err
     assert "SLOWER than the dense one" in err and "--round-to auto" in err
+
+
+def test_whole_heads_from_the_command_line_are_reported(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main(["prune", "swin_t", "--input-shape", "1,3,32,32", "--mode", "group", "--heads", "whole",
+                 "--no-latency", "--report", str(report)]) == 0
+    heads = json.loads(report.read_text())["heads"]
+    assert len(heads) == 12 and all(len(h["dropped"]) == h["of"] // 2 for h in heads.values())
+    dropped, total = sum(len(h["dropped"]) for h in heads.values()), sum(h["of"] for h in heads.values())
+    assert f"note: {dropped} of {total} attention heads dropped in 12 of 12 layers" in capsys.readouterr().err

@@ -110,7 +110,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for where, (before, after) in r.reduced_outputs.items():
         print(f"note: {where} is not in the output contract: {before} -> {after} channels", file=sys.stderr)
     print_rebuilt(r.replaced)
+    print_heads(r.heads)
     return 0
+
+
+def print_heads(heads: dict[str, tuple[tuple[int, ...], int]]) -> None:
+    """With whole heads: how many heads were dropped, in how many attention layers."""
+    dropped = sum(len(d) for d, _ in heads.values())
+    if heads:
+        print(f"note: {dropped} of {sum(t for _, t in heads.values())} attention heads dropped in "
+              f"{sum(1 for d, _ in heads.values() if d)} of {len(heads)} layers (--report lists which)",
+              file=sys.stderr)
 
 
 def print_rebuilt(replaced: dict[str, str], shown: int = 3) -> None:

@@ -104,6 +104,7 @@ def report_document(result: PruneResult, latency: dict | None, onnx: OnnxExport 
         "replaced": r.replaced,
         "pinned_channels": r.pinned,
         "reduced_outputs": {k: {"before": b, "after": a} for k, (b, a) in r.reduced_outputs.items()},
+        "heads": {k: {"dropped": list(dropped), "of": total} for k, (dropped, total) in r.heads.items()},
         "timings_s": r.timings,
         "notes": r.notes,
     }
