@@ -61,6 +61,7 @@ def test_the_same_plan_on_every_run(in_process, name, criterion, mode):
     assert any(len(v) for v in again["masked"].values())  # something was pruned: the check means something
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~10 s, in the slow tier (CI runs it)
 def test_the_same_plan_in_another_process(in_process):
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # another hash seed: set and dict orders must not matter

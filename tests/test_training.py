@@ -138,6 +138,7 @@ def test_masks_survive_training_on_the_export_frontend():
     assert graphprune.reconstruct(masked).report.exact
 
 
+@pytest.mark.slow  # two processes and a gloo group: ~20 s, in the slow tier (CI runs it)
 def test_ddp_keeps_masks_on_both_ranks_and_reconstructs_identically(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
