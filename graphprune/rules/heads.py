@@ -43,8 +43,9 @@ def head_split_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
 
 def record_heads(node: fx.Node, ctx: AnalysisContext, out: Any, dim: int | None) -> None:
     """Note the heads of a reshape into whole heads (one raw id each), under
-    the path of the module whose forward made it (else the node's name)."""
-    if dim is None or not isinstance(out, torch.Tensor) or ids.varying_dims(out) != [dim]:
+    the path of the module whose forward made it (else the node's name); once,
+    from the eval-mode graph (the training-mode one holds the same heads)."""
+    if dim is None or ctx.mode != "eval" or not isinstance(out, torch.Tensor) or ids.varying_dims(out) != [dim]:
         return
     stack = node.meta.get("nn_module_stack") or {}
     where = next(reversed(stack.values()))[0] if stack else node.name
