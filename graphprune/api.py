@@ -95,10 +95,14 @@ class PruneResult:
     why; ``report``: numbers."""
 
     compact: nn.Module
-    masked: nn.Module
     plan: PruningPlan
     report: Report
     state: CompileState
+
+    @property
+    def masked(self) -> nn.Module:
+        """Built on first use (a copy of the model as it was at compile time): see the mask pass."""
+        return self.state.masked_model()
 
     @property
     def compact_graph(self) -> fx.GraphModule:
@@ -206,7 +210,7 @@ def prune(
     check_finite_inputs(inputs)
     state = CompileState(model=model, example_inputs=inputs, config=config, notes=notes)
     (pipeline or Pipeline.default()).run(state, progress)
-    return PruneResult(state.compact, state.masked, state.plan, build_report(state), state)
+    return PruneResult(state.compact, state.plan, build_report(state), state)
 
 
 def build_report(state: CompileState) -> Report:

@@ -8,7 +8,8 @@ weight each time would cost the model's size in memory and much of the time.
   gets back: the compact and masked models);
 - :func:`light_copy`: a GraphModule whose modules have tables of their own
   but share every tensor and attribute (the rewrite slices one);
-- :func:`own_tensors`: clone the tensors a copy still shares with another model.
+- :func:`own_tensors`: clone the tensors a copy still shares with another model;
+- :func:`fingerprint`: what a later copy checks to know the model is as it was.
 """
 
 from __future__ import annotations
@@ -131,3 +132,19 @@ def own_tensors(gm: nn.Module, other: nn.Module) -> None:
                         clone = nn.Parameter(clone, requires_grad=tensor.requires_grad)
                     clones[id(tensor)] = clone
                 table[name] = clones[id(tensor)]
+
+
+def fingerprint(model: nn.Module, *tensors: Any) -> tuple:
+    """The identity of ``model`` as it is now: its module tree and, per
+    parameter and buffer (and each tensor of ``tensors``), the tensor object,
+    its storage, shape and version counter. Training, ``load_state_dict``, an
+    in-place edit or a replaced module changes it; running in eval mode does not."""
+    def tensor(t: Any) -> Any:
+        return (id(t), t.data_ptr(), tuple(t.shape), t._version) if isinstance(t, torch.Tensor) else None
+
+    return (
+        tuple((name, id(m)) for name, m in model.named_modules(remove_duplicate=False)),
+        tuple((name, tensor(t)) for name, t in chain(model.named_parameters(remove_duplicate=False),
+                                                    model.named_buffers(remove_duplicate=False))),
+        tuple(tensor(t) for t in tensors),
+    )

@@ -49,7 +49,9 @@ class CompileState:
     mode where that computes something else (else None). ``compact_graph``
     is the rewritten graph; ``compact`` and ``masked`` are copies of the
     user's own model (see the apply and mask passes), ``replaced`` the
-    modules of ``compact`` whose forward had to be rebuilt, and why.
+    modules of ``compact`` whose forward had to be rebuilt, and why. The
+    mask pass leaves ``masked_later``, and :meth:`masked_model` builds the
+    masked model on first use (a pass that requires it, or the user).
 
     ``pipeline`` is the pipeline running this state (set by :meth:`Pipeline.run`
     if not given): a pass may ask it for another pass, as the select pass asks
@@ -71,6 +73,7 @@ class CompileState:
     compact: nn.Module | None = None
     replaced: dict[str, str] = field(default_factory=dict)
     masked: nn.Module | None = None
+    masked_later: Callable[[], nn.Module] | None = None
     folds: list[BiasFold] | None = None
     verification: Verification | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +82,21 @@ class CompileState:
     #: results of a user's own passes (graphprune's passes keep theirs in the fields above)
     extras: dict[str, Any] = field(default_factory=dict)
     pipeline: Pipeline | None = None
+
+    def masked_model(self) -> nn.Module | None:
+        """The masked model, built now (and timed as the mask pass) if the mask pass left it for later."""
+        if self.masked is None and self.masked_later is not None:
+            start = time.perf_counter()
+            self.masked, self.masked_later = self.masked_later(), None
+            self.timings["mask"] = self.timings.get("mask", 0.0) + time.perf_counter() - start
+        return self.masked
+
+    def provided(self, field_name: str) -> bool:
+        """Whether an earlier pass provided ``field_name`` (a pass that requires
+        the masked model has it built, if it was left for later)."""
+        if field_name == "masked":
+            return self.masked_model() is not None
+        return getattr(self, field_name, None) is not None
 
 
 @contextlib.contextmanager
@@ -166,7 +184,7 @@ class Pipeline:
 
     def _run(self, state: CompileState, progress: Callable[[str], None] | None) -> CompileState:
         for p in self.passes:
-            missing = [f for f in getattr(p, "requires", ()) if getattr(state, f, None) is None]
+            missing = [f for f in getattr(p, "requires", ()) if not state.provided(f)]
             if missing:
                 raise PipelineError(
                     f"pass {p.name!r} needs {', '.join(missing)}, which no earlier pass provided "

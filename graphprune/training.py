@@ -77,7 +77,7 @@ def reconstruct(
         record.plan.channels, record.plan.groups, record.plan, trained, record.contract)
     # The compile from the rewrite on, but the masked model is the trained one.
     pipeline.since("rewrite").remove("mask").run(state)
-    return PruneResult(state.compact, trained, state.plan, build_report(state), state)
+    return PruneResult(state.compact, state.plan, build_report(state), state)
 
 
 def check_same_graphs(state: CompileState, record: CompileRecord) -> None:

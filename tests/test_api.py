@@ -150,3 +150,30 @@ def test_the_same_inputs_give_the_same_plan():
 
     assert kept("l1") == kept("l1")
     assert kept("fpgm") == kept("fpgm")
+
+
+def test_the_masked_model_is_built_on_first_use_and_only_from_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    unverified = graphprune.prune(model, x, ratio=0.5, verify=False)
+    assert unverified.state.masked is None  # verify=False: nothing has needed it yet
+    masked = unverified.masked
+    assert unverified.masked is masked  # built once
+    verified = graphprune.prune(model, x, ratio=0.5)
+    expected = verified.masked.state_dict()
+    assert masked.state_dict().keys() == expected.keys()
+    assert all(torch.equal(masked.state_dict()[k], expected[k]) for k in expected)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), unverified.compact(x), atol=1e-5)
+
+    # The user changes the model before asking for the masked one: refused, not built from the new weights.
+    later = graphprune.prune(model, x, ratio=0.5, verify=False)
+    with torch.no_grad():
+        model.conv1.weight.mul_(2.0)
+    with pytest.raises(graphprune.GraphpruneError, match="changed since"):
+        later.masked
+    again = graphprune.prune(model, x, ratio=0.5, verify=False)
+    model.fc = nn.Linear(512, 10)
+    with pytest.raises(graphprune.GraphpruneError, match="Read result.masked before changing the model"):
+        again.masked

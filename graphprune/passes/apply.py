@@ -43,8 +43,9 @@ SIZE_TYPES = (int, tuple, list, torch.Size)
 
 def fix_modules(model: nn.Module, owners: set[str]) -> None:
     """Size attributes of the modules named ``owners`` from their sliced tensors."""
+    modules = dict(model.named_modules(remove_duplicate=False))
     for name in owners:
-        module = model.get_submodule(name)
+        module = modules[name] if name in modules else model.get_submodule(name)
         rule = RULES.module_rule(module)
         if rule is not None and hasattr(rule, "fix_module"):
             rule.fix_module(module)
@@ -55,11 +56,12 @@ def copy_layer_attributes(model: nn.Module, graph: fx.GraphModule) -> dict[str, 
     set them there, and a compact norm where the rules put one there (returns
     those: path -> why)."""
     modules = dict(model.named_modules(remove_duplicate=False))
+    layers = dict(graph.named_modules(remove_duplicate=False))
     compact: dict[str, str] = {}
     for node in graph.graph.nodes:
         if node.op != "call_module" or str(node.target) not in modules:
             continue
-        source, target = graph.get_submodule(str(node.target)), modules[str(node.target)]
+        source, target = layers[str(node.target)], modules[str(node.target)]
         if isinstance(source, CompactLayer) and not isinstance(target, CompactLayer):
             parent, _, name = str(node.target).rpartition(".")
             model.get_submodule(parent)._modules[name] = source.rebind(target)

@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..contract import pick
-from ..errors import VerificationError, first_line
+from ..errors import PipelineError, VerificationError, first_line
 from ..numerics import Verification, compare, fresh_copy, input_batches, largest_magnitude
 from ..pipeline import CompileState
 from ..rewriting import RewriteContext
@@ -131,7 +131,7 @@ def _differs(node: fx.Node, masked: dict, compact: dict, rw: RewriteContext, sta
 
 class VerifyPass:
     name = "verify"
-    requires = ("masked", "compact")
+    requires = ("compact",)  # and the masked model, unless verify=False (which does not build it)
     provides = ("verification",)
     random_batches = 1
 
@@ -140,6 +140,9 @@ class VerifyPass:
         if config.verify is False:
             self.runs(state)
             return
+        if state.masked_model() is None:
+            raise PipelineError("pass 'verify' needs masked, which no earlier pass provided (add the mask "
+                                "pass, or pass verify=False)")
         batches = input_batches(state.example_inputs, config.seed, self.random_batches)
         worst_abs, worst_rel, failing = self.eval_check(state, batches)
         train_rel, train_note = None, None
