@@ -172,8 +172,8 @@ def test_the_masked_model_is_built_on_first_use_and_only_from_the_model_as_it_wa
     with torch.no_grad():
         model.conv1.weight.mul_(2.0)
     with pytest.raises(graphprune.GraphpruneError, match="changed since"):
-        later.masked
+        _ = later.masked
     again = graphprune.prune(model, x, ratio=0.5, verify=False)
     model.fc = nn.Linear(512, 10)
     with pytest.raises(graphprune.GraphpruneError, match="Read result.masked before changing the model"):
-        again.masked
+        _ = again.masked
