@@ -143,19 +143,40 @@ class GraphpruneTracer(fx.Tracer):
         return out
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, unless_same_as: fx.Graph | None = None) -> fx.GraphModule | None:
     """``model`` as an fx.GraphModule (see the module docstring). The model's
-    own call is recorded too, as the :class:`ModuleCall` of path ``""``."""
+    own call is recorded too, as the :class:`ModuleCall` of path ``""``.
+    With ``unless_same_as``: None where the traced graph is that one node for
+    node (building the GraphModule, its code generated and compiled, is a
+    third of tracing)."""
     tracer = GraphpruneTracer()
     graph = tracer.trace(model)
     for node in list(graph.nodes):
         if node.op == "placeholder" and str(node.target).startswith("*") and not node.users:
             graph.erase_node(node)
+    if unless_same_as is not None and same_graph(graph, unless_same_as):
+        return None
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     inputs = tuple(NodeRef(n.name) for n in graph.nodes if n.op == "placeholder")
     output = next(n for n in graph.nodes if n.op == "output")
     gm.meta[CALLS_KEY] = [*tracer.calls, ModuleCall("", "", inputs, {}, _names(output.args[0]))]
     return gm
+
+
+def same_graph(a: fx.Graph, b: fx.Graph) -> bool:
+    """Whether two graphs are the same program: node for node the same op,
+    name, target and arguments (nodes compared by name, constants by value)."""
+    def row(n: fx.Node) -> tuple:
+        def name(arg: fx.Node) -> str:
+            return arg.name
+        return n.op, n.name, n.target, fx.node.map_arg(n.args, name), fx.node.map_arg(n.kwargs, name)
+
+    if len(a.nodes) != len(b.nodes):
+        return False
+    try:
+        return all(row(x) == row(y) for x, y in zip(a.nodes, b.nodes))
+    except Exception:  # a constant that cannot be compared (a tensor): not provably the same
+        return False
 
 
 def calls_from_stacks(graph: fx.Graph) -> list[ModuleCall]:
@@ -194,4 +215,4 @@ def stack_paths(node: fx.Node) -> dict[str, str]:
     return {key: entry[0] for key, entry in node.meta.get("nn_module_stack", {}).items()}
 
 
-__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "calls_from_stacks", "module_stack", "piece_count", "stack_paths", "trace"]
+__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "calls_from_stacks", "module_stack", "piece_count", "same_graph", "stack_paths", "trace"]

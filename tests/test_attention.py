@@ -309,20 +309,29 @@ def test_timm_vision_transformer_drops_whole_heads_exactly(tmp_path):
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     torch.manual_seed(0)
-    # stochastic depth: training mode traces another graph, whose heads are the same ones
-    model = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
-                    drop_path_rate=0.1).eval()
+    from timm.layers import drop_path
+
+    class WithDropPath(nn.Module):  # stochastic depth traced through: training mode traces another graph
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return drop_path(self.model(x), 0.1, self.training)
+
+    vit = TimmViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5, drop_path_rate=0.1)
     with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
-        model.pos_embed.normal_(0, 0.5)
+        vit.head.weight.normal_(0, 0.5)
+        vit.pos_embed.normal_(0, 0.5)
+    model = WithDropPath(vit).eval()
     result = graphprune.prune(model, torch.randn(2, 3, 32, 32), ratio=0.5, mode="group", heads="whole")
-    assert result.state.train_graph is not None
+    assert result.state.train_graph is not None  # whose heads are the same ones, listed once
     report = result.report
     assert report.exact and report.verification.train_max_rel_error <= 1e-4
     assert report.prunable_fraction > 0.95
-    assert set(report.heads) == {"blocks.0.attn", "blocks.1.attn"}
-    for i, (dropped, total) in enumerate(report.heads[f"blocks.{b}.attn"] for b in (0, 1)):
-        attn = result.compact.blocks[i].attn
+    assert set(report.heads) == {"model.blocks.0.attn", "model.blocks.1.attn"}
+    for i, (dropped, total) in enumerate(report.heads[f"model.blocks.{b}.attn"] for b in (0, 1)):
+        attn = result.compact.model.blocks[i].attn
         assert total == 4 and len(dropped) == 2 and attn.qkv.out_features == 3 * 2 * 8  # 2 heads of 8 dims
     fresh = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -1,9 +1,10 @@
-"""YOLO building blocks, by both frontends: exact kept indices."""
+"""Building blocks: YOLO's, by both frontends, with exact kept indices; stochastic depth as one call."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 import graphprune
 
@@ -95,3 +96,41 @@ def test_frontends_agree_on_a_torchvision_model():
     assert by_fx.report.params_after == by_export.report.params_after
     assert by_fx.report.flops_after == by_export.report.flops_after
     assert by_export.report.exact
+
+
+class ResidualWithStochasticDepth(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.stem = ConvBN(3, 8)
+        self.branch = nn.Sequential(ConvBN(8, 16), nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8))
+        self.drop = torchvision.ops.StochasticDepth(0.5, mode)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.drop(self.branch(x)))
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_stochastic_depth_is_one_call_whose_training_mode_draws_agree(mode):
+    torch.manual_seed(0)
+    model = ResidualWithStochasticDepth(mode).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    result = graphprune.prune(model, torch.randn(2, 3, 16, 16), ratio=0.5)
+    assert result.state.train_graph is None  # the same graph in both modes: traced and analysed once
+    assert any(n.op == "call_module" and n.target == "drop" for n in result.compact_graph.graph.nodes)
+    assert result.compact.branch[0].conv.out_channels == 8
+    check = result.report.verification
+    assert result.report.exact and check.train_max_rel_error is not None and check.train_max_rel_error <= 1e-4
+    # in training mode, the compact model drops the same samples as the masked one
+    masked, compact = result.masked.train(), result.compact.train()
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        expected = masked(x)
+        torch.manual_seed(3)
+        got = compact(x)
+    assert (expected - got).abs().max() <= 1e-4 * expected.abs().max()

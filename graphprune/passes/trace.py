@@ -184,12 +184,12 @@ class TracePass:
         """The model traced in training mode, where its code differs from eval mode's."""
         model.train()
         try:
-            train = tracing.trace(model)
+            train = tracing.trace(model, unless_same_as=state.graph.graph)
         except Exception as exc:
             state.notes.append(f"the model could not be traced in training mode ({first_line(exc)}): "
                                "only its eval-mode graph was analysed")
             return None
-        if train.code == state.graph.code:
+        if train is None or train.code == state.graph.code:
             return None
         train.meta[FRONTEND_KEY] = "fx"
         return train

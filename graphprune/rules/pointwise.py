@@ -121,6 +121,18 @@ class PReLURule(PointwiseRule):
         module.num_parameters = module.weight.shape[0]
 
 
+class DropPathRule(PointwiseRule):
+    """Stochastic depth as one call (torchvision's ``StochasticDepth``, timm's
+    ``DropPath``): in training mode it scales each sample by one random draw
+    (of shape batch x 1 x ..., or one for the batch), in eval mode it is the
+    identity; per channel either way. Traced through, its forward passes
+    ``self.training`` on, so the training-mode graph would differ from the
+    eval one only there, and be traced, measured and analysed twice for nothing."""
+
+    name = "drop_path"
+    whole = True
+
+
 class PadRule(SpatialRule):
     """F.pad: per-channel only while the padding stays off the channel dim."""
 
@@ -169,5 +181,6 @@ SPATIAL_FUNCTIONS = (
 register_rule(*ACTIVATION_MODULES, *ACTIVATION_FUNCTIONS, *ACTIVATION_METHODS)(PointwiseRule)
 register_rule(*SPATIAL_MODULES, *SPATIAL_FUNCTIONS)(SpatialRule)
 register_rule(nn.PReLU)(PReLURule)
+register_rule(torchvision.ops.StochasticDepth, "timm.layers.drop.DropPath")(DropPathRule)
 register_rule(F.pad)(PadRule)
 register_rule("type_as")(ConvertLikeRule)
