@@ -24,15 +24,19 @@ def has_tensor(model: nn.Module, target: str, modules: dict[str, nn.Module]) -> 
     return isinstance(getattr(modules.get(owner), attr, None), torch.Tensor)
 
 
-def compact_tensors(model: nn.Module, plan: PruningPlan, mask_bn: bool = True) -> dict[tuple[str, int], torch.Tensor]:
+def compact_tensors(model: nn.Module, plan: PruningPlan, mask_bn: bool = True,
+                    source: nn.Module | None = None) -> dict[tuple[str, int], torch.Tensor]:
     """Slice ``model``'s tensors in place to ``plan``'s kept channels and zero
     what a layer dropped but the union keeps; returns the kept indices per
     (tensor name, dim) sliced. ``mask_bn=False``: only filters are zeroed
-    (the paper's "without BN masking")."""
+    (the paper's "without BN masking"). ``source``: a model already sliced
+    for ``plan`` (the compact graph, for the apply pass): a tensor it holds
+    under the same name and at the sliced shape is copied from it instead
+    of being sliced and zeroed again."""
     modules = dict(model.named_modules(remove_duplicate=False))
     masks = keep_masks(model, plan.channels, plan.raw_dropped, None if mask_bn else FILTER_KINDS)
-    sliced = slice_parameters(model, plan, modules)
-    zero_dropped(model, masks, sliced, modules)
+    sliced, taken = slice_parameters(model, plan, modules, source)
+    zero_dropped(model, {t: k for t, k in masks.items() if t not in taken}, sliced, modules)
     return sliced
 
 
@@ -53,11 +57,12 @@ def masked_graph(graph: fx.GraphModule, plan: PruningPlan, mask_bn: bool = True)
     return gm.eval()
 
 
-def slice_parameters(gm: nn.Module, plan: PruningPlan,
-                     modules: dict[str, nn.Module]) -> dict[tuple[str, int], torch.Tensor]:
+def slice_parameters(gm: nn.Module, plan: PruningPlan, modules: dict[str, nn.Module],
+                     source: nn.Module | None = None) -> tuple[dict[tuple[str, int], torch.Tensor], set[str]]:
     """Slice every slot's tensor to its kept indices; returns those indices
-    per (tensor name, dim) that was sliced. Tensors ``gm`` does not have (a
-    train-mode branch the eval graph does not call) are left out."""
+    per (tensor name, dim) that was sliced, and the names whose tensor was
+    taken from ``source`` (see :func:`compact_tensors`). Tensors ``gm`` does
+    not have (a train-mode branch the eval graph does not call) are left out."""
     # Names of one tensor (tied weights) get one sliced tensor back, still tied.
     names_of: dict[int, list[str]] = {}
     dims_of: dict[str, set[int]] = {}
@@ -68,20 +73,44 @@ def slice_parameters(gm: nn.Module, plan: PruningPlan,
         names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
     sliced: dict[tuple[str, int], torch.Tensor] = {}
     raw_kept = plan.class_kept[plan.channels.class_of]  # once, not per slot
+    for slot in plan.channels.slots:
+        keep = raw_kept[slot.ids]
+        if slot.target in dims_of and not bool(keep.all()):
+            sliced[(slot.target, slot.dim)] = keep.nonzero().flatten()
+    taken = _take(gm, source, sliced, dims_of, modules) if source is not None else set()
     with torch.no_grad():
-        for slot in plan.channels.slots:
-            keep = raw_kept[slot.ids]
-            if slot.target not in dims_of or bool(keep.all()):
-                continue
-            index = keep.nonzero().flatten()
-            tensor = get_tensor(gm, slot.target, modules)
-            set_tensor(gm, slot.target, tensor.index_select(slot.dim, index), modules)
-            sliced[(slot.target, slot.dim)] = index
+        for (target, dim), index in sliced.items():
+            if target not in taken:
+                set_tensor(gm, target, get_tensor(gm, target, modules).index_select(dim, index), modules)
     for names in names_of.values():
         for other in names[1:]:
             if dims_of[other] == dims_of[names[0]]:
                 retie(gm, other, get_tensor(gm, names[0], modules))
-    return sliced
+    return sliced, taken
+
+
+def _take(gm: nn.Module, source: nn.Module, sliced: dict[tuple[str, int], torch.Tensor],
+          dims_of: dict[str, set[int]], modules: dict[str, nn.Module]) -> set[str]:
+    """Put a copy of ``source``'s tensor in ``gm`` for every sliced name where
+    it has the shape slicing would give (one copy per tensor: tied stay
+    tied); returns those names."""
+    theirs = dict(source.named_modules(remove_duplicate=False))
+    copies: dict[int, torch.Tensor] = {}
+    taken = set()
+    for target in dims_of:
+        if not has_tensor(source, target, theirs):
+            continue
+        shape = list(get_tensor(gm, target, modules).shape)
+        for dim in dims_of[target]:
+            if (target, dim) in sliced:
+                shape[dim] = sliced[(target, dim)].numel()
+        tensor = get_tensor(source, target, theirs)
+        if list(tensor.shape) == shape:
+            if id(tensor) not in copies:
+                copies[id(tensor)] = tensor.detach().clone()
+            set_tensor(gm, target, copies[id(tensor)], modules)
+            taken.add(target)
+    return taken
 
 
 def zero_dropped(gm: nn.Module, masks: dict[str, torch.Tensor],

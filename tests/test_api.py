@@ -177,3 +177,15 @@ def test_the_masked_model_is_built_on_first_use_and_only_from_the_model_as_it_wa
     model.fc = nn.Linear(512, 10)
     with pytest.raises(graphprune.GraphpruneError, match="Read result.masked before changing the model"):
         _ = again.masked
+
+
+def test_compact_model_graph_and_user_model_share_no_storage():
+    # the apply pass copies the compact graph's slices: a copy, or folding into one bias would fold into both
+    model = torchvision.models.resnet18(num_classes=10)
+    result = graphprune.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, mode="per_layer")
+
+    def storages(m):
+        return {t.untyped_storage().data_ptr() for t in (*m.parameters(), *m.buffers()) if t.numel()}
+
+    compact, graph, user = storages(result.compact), storages(result.compact_graph), storages(model)
+    assert compact and not compact & graph and not compact & user and not graph & user

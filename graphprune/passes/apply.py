@@ -3,7 +3,8 @@
 A copy of the user's model object (same class, module tree, names,
 attributes, methods and Python forward) whose parameters and buffers are
 sliced to the kept channels, exactly as the rewrite pass slices the traced
-graph. Then:
+graph (copies of the compact graph's tensors, where it has them: slicing
+again would read every weight of the model a second time). Then:
 
 - every module whose tensors were sliced gets its size attributes from them
   (``in_channels``, ``out_channels``, ``groups``, ``num_features``,
@@ -120,7 +121,7 @@ class ApplyPass:
               graph: fx.GraphModule) -> tuple[nn.Module, dict[str, str]]:
         compact = private_copy(state.model)
         compact.__dict__.pop(RECORD_ATTR, None)  # a masked model's record is not the compact model's
-        sliced = compact_tensors(compact, plan, state.config.mask_bn)
+        sliced = compact_tensors(compact, plan, state.config.mask_bn, source=graph)
         own_tensors(compact, state.model)
         fix_modules(compact, {owner_of(target) for target, _ in sliced})
         norms = copy_layer_attributes(compact, graph)
