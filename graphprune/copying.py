@@ -140,7 +140,13 @@ def fingerprint(model: nn.Module, *tensors: Any) -> tuple:
     its storage, shape and version counter. Training, ``load_state_dict``, an
     in-place edit or a replaced module changes it; running in eval mode does not."""
     def tensor(t: Any) -> Any:
-        return (id(t), t.data_ptr(), tuple(t.shape), t._version) if isinstance(t, torch.Tensor) else None
+        if not isinstance(t, torch.Tensor):
+            return None
+        try:
+            storage = t.data_ptr()
+        except RuntimeError:  # a tensor without one storage (sparse): its identity and version say enough
+            storage = None
+        return id(t), storage, tuple(t.shape), t._version
 
     return (
         tuple((name, id(m)) for name, m in model.named_modules(remove_duplicate=False)),
