@@ -11,12 +11,16 @@
 - every call of a module whose forward is traced through (not a leaf) is
   recorded as a :class:`ModuleCall`: which nodes it took and which it
   returned. The structure-preserving rewrite needs these boundaries to
-  rebuild one module's forward on its own.
+  rebuild one module's forward on its own;
+- whether the traced code read any module's ``training`` flag is recorded
+  (``gm.meta[READS_TRAINING_KEY]``): where none did, the model traced in
+  training mode runs the same code and gives the same graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +31,9 @@ from .rules.registry import RULES
 
 #: gm.meta key: the list of :class:`ModuleCall` of a traced graph
 CALLS_KEY = "graphprune.calls"
+
+#: gm.meta key: whether the traced code read a module's ``training`` flag (None: not known)
+READS_TRAINING_KEY = "graphprune.reads_training"
 
 SPLITTING = {"chunk": 1, "split": 1, "tensor_split": 1}
 
@@ -150,7 +157,8 @@ def trace(model: nn.Module, unless_same_as: fx.Graph | None = None) -> fx.GraphM
     node (building the GraphModule, its code generated and compiled, is a
     third of tracing)."""
     tracer = GraphpruneTracer()
-    graph = tracer.trace(model)
+    with training_reads() as reads:
+        graph = tracer.trace(model)
     for node in list(graph.nodes):
         if node.op == "placeholder" and str(node.target).startswith("*") and not node.users:
             graph.erase_node(node)
@@ -160,7 +168,49 @@ def trace(model: nn.Module, unless_same_as: fx.Graph | None = None) -> fx.GraphM
     inputs = tuple(NodeRef(n.name) for n in graph.nodes if n.op == "placeholder")
     output = next(n for n in graph.nodes if n.op == "output")
     gm.meta[CALLS_KEY] = [*tracer.calls, ModuleCall("", "", inputs, {}, _names(output.args[0]))]
+    gm.meta[READS_TRAINING_KEY] = None if reads is None else bool(reads)
     return gm
+
+
+@contextlib.contextmanager
+def training_reads() -> Iterator[list[type] | None]:
+    """The classes of the modules whose ``training`` flag was read inside the
+    block (None where that cannot be watched). While it runs, ``training``
+    is a property of ``nn.Module`` that reads and writes each module's own
+    flag as before and notes each read; afterwards it is a plain attribute
+    again. Code that reads the flag around attribute access (``vars(m)``)
+    is not seen, and neither is state a class's own ``train()`` sets: see
+    :func:`changes_in_training`."""
+    if "training" in nn.Module.__dict__:  # watched already (another trace), or defined: not ours to replace
+        yield None
+        return
+    reads: list[type] = []
+
+    def read(module: nn.Module) -> bool:
+        reads.append(type(module))
+        try:
+            return module.__dict__["training"]
+        except KeyError:
+            raise AttributeError(f"'{type(module).__name__}' object has no attribute 'training'") from None
+
+    def write(module: nn.Module, value: bool) -> None:
+        module.__dict__["training"] = value
+
+    nn.Module.training = property(read, write)
+    try:
+        yield reads
+    finally:
+        del nn.Module.training
+
+
+def changes_in_training(model: nn.Module, gm: fx.GraphModule) -> bool:
+    """Whether ``model`` traced in training mode might give another graph than
+    ``gm``, its eval-mode trace: its traced code read a ``training`` flag,
+    or one of its classes has a ``train()`` of its own (which may set
+    anything), or it is not known."""
+    if gm.meta.get(READS_TRAINING_KEY) is not False:
+        return True
+    return any(type(m).train is not nn.Module.train for m in model.modules())
 
 
 def same_graph(a: fx.Graph, b: fx.Graph) -> bool:
@@ -215,4 +265,4 @@ def stack_paths(node: fx.Node) -> dict[str, str]:
     return {key: entry[0] for key, entry in node.meta.get("nn_module_stack", {}).items()}
 
 
-__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "calls_from_stacks", "module_stack", "piece_count", "same_graph", "stack_paths", "trace"]
+__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "READS_TRAINING_KEY", "calls_from_stacks", "changes_in_training", "module_stack", "piece_count", "same_graph", "stack_paths", "trace", "training_reads"]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import graphprune
 from graphprune import Pipeline
@@ -70,3 +71,60 @@ def test_default_pipeline_names_every_stage_of_the_design():
         "trace", "shapes", "channels", "structure", "groups", "score", "select", "rewrite", "apply", "mask", "fold",
         "verify", "measure",
     ]
+
+
+def test_training_mode_is_traced_only_where_the_traced_code_reads_a_training_flag(monkeypatch):
+    from graphprune import tracing
+
+    traced = []
+    original = tracing.trace
+    monkeypatch.setattr(tracing, "trace", lambda model, **kw: traced.append(model.training) or original(model, **kw))
+    x = torch.randn(2, 3, 32, 32)
+    result = graphprune.prune(torchvision.models.resnet18(num_classes=10), x)
+    assert traced == [False] and result.state.train_graph is None  # nothing reads self.training
+    assert result.state.graph.meta[tracing.READS_TRAINING_KEY] is False
+    assert "training" not in nn.Module.__dict__  # the watch is gone after tracing
+
+    traced.clear()
+    aux = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False).eval()
+    result = graphprune.prune(aux, torch.randn(2, 3, 64, 64), verify=False)
+    assert traced == [False, True] and result.state.train_graph is not None  # `if self.training:` aux heads
+
+
+class AuxByTrainOverride(nn.Module):
+    """Its forward reads a flag of its own, which its ``train()`` sets: no read of ``training`` shows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head, self.aux = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+        self.with_aux = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.with_aux = mode
+        return self
+
+    def forward(self, x):
+        y = self.body(x)
+        return (self.head(y), self.aux(y)) if self.with_aux else self.head(y)
+
+
+def test_a_class_with_its_own_train_is_traced_in_training_mode_too():
+    result = graphprune.prune(AuxByTrainOverride().eval(), torch.randn(2, 3, 16, 16))
+    assert result.state.train_graph is not None
+    assert any(n.target == "aux" for n in result.state.train_graph.graph.nodes)
+    assert result.report.exact and result.report.verification.train_max_rel_error <= 1e-4
+
+
+def test_the_training_flag_watch_is_removed_when_tracing_fails():
+    class Broken(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0 and self.training:  # data-dependent: fx cannot trace it
+                return x
+            return -x
+
+    with pytest.raises(graphprune.TraceError):
+        graphprune.prune(Broken(), torch.randn(1, 3, 8, 8), frontend="fx")
+    assert "training" not in nn.Module.__dict__
+    assert Broken().training and not Broken().eval().training

@@ -10,9 +10,10 @@ the caller's model (see :func:`~graphprune.copying.private_copy`): no pass
 writes into ``state.graph``'s parameters (the mask and rewrite passes work on
 copies of their own).
 
-The fx frontend also traces the model in training mode. Where that graph is
-another (an auxiliary head, a detector's training outputs), it becomes
-``state.train_graph`` and the channel analysis reads both.
+The fx frontend also traces the model in training mode, where the eval-mode
+trace read a ``training`` flag (see :func:`~graphprune.tracing.changes_in_training`).
+Where that graph is another (an auxiliary head, a detector's training
+outputs), it becomes ``state.train_graph`` and the channel analysis reads both.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ class TracePass:
     @staticmethod
     def train_graph(model: nn.Module, state: CompileState) -> fx.GraphModule | None:
         """The model traced in training mode, where its code differs from eval mode's."""
+        if not tracing.changes_in_training(model, state.graph):
+            return None  # no traced code read a training flag: training mode runs the same code
         model.train()
         try:
             train = tracing.trace(model, unless_same_as=state.graph.graph)
