@@ -12,6 +12,11 @@ Rows: the main job ``graphprune prune resnet18 -o resnet18_pruned.onnx``,
 of each is "cold" (files not in the page cache, caches empty), the others
 "warm" (median of the rest). Runs are interleaved (one of each command per
 round), so a busy spell on a shared machine hits every row alike.
+
+Then where the main job's time goes, from one more run with ``--report``
+(the compile's own pass timings) and a process that only imports what the
+command imports: imports, the compile (trace to verify), and the rest
+(exporting and checking both ONNX files, timing them, writing).
 """
 
 from __future__ import annotations
@@ -71,8 +76,29 @@ def main() -> None:
     for name, row in rows.items():
         print(f"| `{name}` | {row['cold_s']:.1f} | {row['warm_s']:.1f} | {row['peak_mb']:.0f} | "
               f"{row['warm_s'] / plain:.2f} |")
+    split = where_time_goes(graphprune, work)
+    print(f"\nthe main job, one more run: {split['wall_s']:.1f} s wall = imports {split['import_s']:.1f} s "
+          f"+ compile {split['compile_s']:.2f} s (passes trace .. measure, verify included) + the rest "
+          f"{split['rest_s']:.1f} s (interpreter start, exports, ONNX Runtime checks and timing, writing)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "main_job_split": split}, indent=2))
+
+
+IMPORTS = """
+import time
+start = time.perf_counter()
+import graphprune.cli.commands, graphprune.onnx_export, graphprune.onnx_latency, torchvision
+print(time.perf_counter() - start)
+"""
+
+
+def where_time_goes(graphprune: list[str], work: Path) -> dict[str, float]:
+    report = work / "report.json"
+    wall, _ = timed(graphprune + ["prune", "resnet18", "-o", str(work / "split.onnx"), "--report", str(report)])
+    compile_s = sum(json.loads(report.read_text())["timings_s"].values())
+    imports = subprocess.run([sys.executable, "-c", IMPORTS], check=True, capture_output=True, text=True)
+    import_s = float(imports.stdout.split()[-1])
+    return {"wall_s": wall, "import_s": import_s, "compile_s": compile_s, "rest_s": wall - import_s - compile_s}
 
 
 if __name__ == "__main__":
