@@ -65,6 +65,22 @@ class PruningPlan:
     def kept(self, raw: torch.Tensor) -> torch.Tensor:
         return self.class_kept[self.channels.class_of[raw]]
 
+    def cut_slots(self) -> dict[tuple[str, int], torch.Tensor]:
+        """(tensor name, dim) -> the indices kept along it, for every slot that loses some."""
+        slots = self.channels.slots
+        if not slots:
+            return {}
+        # all slots at once: a few tensor ops in all instead of a few per slot (hundreds of slots)
+        sizes = torch.tensor([slot.ids.numel() for slot in slots])
+        keep = self.class_kept[self.channels.class_of[torch.cat([slot.ids for slot in slots])]]
+        slot_of = torch.repeat_interleave(torch.arange(len(slots)), sizes)
+        kept_per_slot = torch.zeros(len(slots), dtype=torch.int64).index_add_(0, slot_of, keep.long())
+        positions = keep.nonzero().flatten()
+        starts = torch.cumsum(sizes, 0) - sizes
+        indices = (positions - starts[slot_of[positions]]).split(kept_per_slot.tolist())
+        cut = (kept_per_slot < sizes).tolist()
+        return {(slot.target, slot.dim): indices[i] for i, slot in enumerate(slots) if cut[i]}
+
     def kept_indices(self, target: str, dim: int = 0) -> torch.Tensor:
         """Indices along ``dim`` of parameter/buffer ``target`` that the compact model keeps."""
         for slot in self.channels.slots:

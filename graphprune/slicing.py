@@ -71,12 +71,7 @@ def slice_parameters(gm: nn.Module, plan: PruningPlan, modules: dict[str, nn.Mod
             dims_of.setdefault(slot.target, set()).add(slot.dim)
     for target in dims_of:
         names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
-    sliced: dict[tuple[str, int], torch.Tensor] = {}
-    raw_kept = plan.class_kept[plan.channels.class_of]  # once, not per slot
-    for slot in plan.channels.slots:
-        keep = raw_kept[slot.ids]
-        if slot.target in dims_of and not bool(keep.all()):
-            sliced[(slot.target, slot.dim)] = keep.nonzero().flatten()
+    sliced = {key: index for key, index in plan.cut_slots().items() if key[0] in dims_of}
     taken = _take(gm, source, sliced, dims_of, modules) if source is not None else set()
     with torch.no_grad():
         for (target, dim), index in sliced.items():

@@ -116,8 +116,7 @@ def compare_in_training(masked: nn.Module, compact: nn.Module, plan: PruningPlan
     forward of both models on ``batch``: the outputs (those at ``paths``, if
     given: the training-mode output contract), then every buffer. In
     ``dtype`` (None: as the models are; the batch is cast to the models' dtype)."""
-    kept = {(s.target, s.dim): plan.kept(s.ids).nonzero().flatten()
-            for s in plan.channels.slots if not bool(plan.kept(s.ids).all())}
+    kept = plan.cut_slots()
     if dtype is None:
         like = next((t for t in (*masked.parameters(), *masked.buffers()) if t.is_floating_point()), None)
         batch = tuple(x.to(like.dtype) if like is not None and isinstance(x, torch.Tensor) and x.is_floating_point()
