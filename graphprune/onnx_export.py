@@ -36,6 +36,7 @@ from .contract import ContractOutputs
 from .errors import ConfigError, ExportError, first_line
 from .numerics import as_inputs, compare
 from .onnx_latency import onnx_feed
+from .onnx_rewrites import default_opset, rewrite_for_onnxruntime
 
 EXPORTERS = ("auto", "dynamo", "legacy")
 # Protobuf cannot serialise a message over 2 GiB; above this many bytes of
@@ -67,13 +68,15 @@ class OnnxExport:
     seconds: float
     external_data: tuple[Path, ...] = ()
     fallback_reason: str | None = None
+    #: rewrites into forms ONNX Runtime runs faster (graphprune.onnx_rewrites), each with its count
+    rewrites: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         batch = "dynamic" if self.dynamic_batch else "fixed"
         return (
             f"{self.path.name}: {self.size_bytes / 1e6:.2f} MB, {self.exporter} exporter, opset {self.opset}, "
             f"{batch} batch (checked {', '.join(map(str, self.batch_sizes))}), "
-            f"max abs error vs PyTorch {self.max_abs_error:.3g}"
+            f"max abs error vs PyTorch {self.max_abs_error:.3g}" + "".join(f", {r}" for r in self.rewrites)
         )
 
 
@@ -89,6 +92,7 @@ def export_onnx(
     outputs: tuple | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    rewrite: bool = True,
 ) -> OnnxExport:
     """Export ``model`` to ``path`` as ONNX, checked on ONNX Runtime.
 
@@ -114,7 +118,9 @@ def export_onnx(
     ``outputs``: leaf paths of the model's output to export (the output
     contract, ``result.state.contract.eval``; default all);
     ``input_names`` / ``output_names``: the file's names (default ``input``,
-    ``output`` or ``output_0``, ``output_1``, ...).
+    ``output`` or ``output_0``, ``output_1``, ...). ``rewrite``: ops put into
+    forms ONNX Runtime runs faster, checked like the rest (see
+    :mod:`graphprune.onnx_rewrites`); False writes the exporter's graph as is.
     """
     inputs, path = _checked(model, example_inputs, path, dynamic_batch, exporter)
 
@@ -123,7 +129,7 @@ def export_onnx(
     exported = model if outputs is None else ContractOutputs(model, outputs)
     try:
         return _export_checked(exported, inputs, path, dynamic_batch, opset, exporter, tolerance,
-                               (input_names, output_names))
+                               (input_names, output_names), rewrite)
     finally:
         for m, training in modes:
             m.training = training
@@ -159,6 +165,7 @@ def _export_checked(
     exporter: str,
     tolerance: float,
     names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+    rewrite: bool = True,
 ) -> OnnxExport:
     start = time.perf_counter()
     batches, expected = _reference_outputs(model, inputs, dynamic_batch)
@@ -176,12 +183,13 @@ def _export_checked(
         opset=opset,
         external_data=_weight_bytes(model) > _EXTERNAL_DATA_BYTES,
         tolerance=tolerance,
+        rewrite=rewrite,
     )
     tried = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
     failures: list[str] = []
     for name in tried:
         try:
-            max_abs, max_rel, extra = _export_one(job, name, path)
+            max_abs, max_rel, extra, rewrites = _export_one(job, name, path)
             break
         except Exception as exc:
             failures.append(f"{name} exporter: {_first_line(exc)}")
@@ -194,7 +202,7 @@ def _export_checked(
     return OnnxExport(
         path=path,
         exporter=name,
-        opset=_opset(proto),
+        opset=default_opset(proto),
         size_bytes=path.stat().st_size + sum(p.stat().st_size for p in extra),
         max_abs_error=max_abs,
         max_rel_error=max_rel,
@@ -206,6 +214,7 @@ def _export_checked(
         seconds=time.perf_counter() - start,
         external_data=extra,
         fallback_reason=failures[0] if failures else None,
+        rewrites=rewrites,
     )
 
 
@@ -242,17 +251,20 @@ class _Job:
     opset: int | None
     external_data: bool
     tolerance: float
+    rewrite: bool = True
 
 
-def _export_one(job: _Job, exporter: str, path: Path) -> tuple[float, float, tuple[Path, ...]]:
-    """Export with one exporter, check, and move into place: (max abs error,
-    max rel error, external data files). Leaves nothing behind if it raises."""
+def _export_one(job: _Job, exporter: str, path: Path) -> tuple[float, float, tuple[Path, ...], tuple[str, ...]]:
+    """Export with one exporter, rewrite for ONNX Runtime, check, and move into
+    place: (max abs error, max rel error, external data files, rewrites).
+    Leaves nothing behind if it raises."""
     # Export into a private folder under the final name (external data files
     # refer to it by name), check there, then move into place.
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent))
     try:
         staged = workdir / path.name
         _EXPORT[exporter](job, staged)
+        rewrites = rewrite_for_onnxruntime(staged) if job.rewrite and not job.external_data else ()
         onnx.checker.check_model(str(staged))
         errors = _check_on_onnxruntime(job, staged, exporter)
         extra = sorted(p for p in workdir.iterdir() if p != staged)
@@ -264,7 +276,7 @@ def _export_one(job: _Job, exporter: str, path: Path) -> tuple[float, float, tup
         for p in extra:
             os.replace(p, path.parent / p.name)
         os.replace(staged, path)  # last, so `path` appears only when complete
-        return (*errors, tuple(path.parent / p.name for p in extra))
+        return (*errors, tuple(path.parent / p.name for p in extra), rewrites)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -377,10 +389,6 @@ def _weight_bytes(model: nn.Module) -> int:
     for t in model.state_dict().values():
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values())
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _first_line(exc: BaseException) -> str:

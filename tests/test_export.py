@@ -193,3 +193,35 @@ def test_latency_pass_without_export_pass_says_what_is_missing():
     pipeline = Pipeline.default().insert_after("measure", LatencyPass())
     with pytest.raises(PipelineError, match="add an ExportPass before it"):
         graphprune.prune(Net(), torch.randn(1, 3, 8, 8), pipeline=pipeline)
+
+
+class Distribution(nn.Module):
+    """YOLOv8's DFL head in small: a softmax over 16 bins on axis 1, beside one over the last axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 64, 1)
+
+    def forward(self, x):
+        y = self.conv(x).view(x.shape[0], 16, 4, -1)
+        return y.softmax(1), y.softmax(-1)
+
+
+@pytest.mark.parametrize("exporter, opset", [("legacy", 17), ("legacy", None), ("dynamo", None)])
+def test_softmax_over_an_inner_axis_is_written_as_reductions_and_checked(tmp_path, exporter, opset):
+    model, x = Distribution().eval(), torch.randn(2, 3, 8, 10)
+    rewritten = export_onnx(model, x, tmp_path / "dfl.onnx", exporter=exporter, opset=opset)
+    plain = export_onnx(model, x, tmp_path / "plain.onnx", exporter=exporter, opset=opset, rewrite=False)
+    assert rewritten.rewrites == ("softmax over an inner axis as reductions x1",) and plain.rewrites == ()
+    ops = {name: [n.op_type for n in onnx.load(str(info.path)).graph.node]
+           for name, info in (("rewritten", rewritten), ("plain", plain))}
+    assert ops["plain"].count("Softmax") == 2
+    assert ops["rewritten"].count("Softmax") == 1  # the last-axis one stays ONNX Runtime's own kernel
+    assert {"ReduceMax", "Sub", "Exp", "ReduceSum", "Div"} <= set(ops["rewritten"])
+    fresh = torch.randn(3, 3, 8, 10)  # another batch size: the batch stays dynamic
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(fresh)]
+    for info in (rewritten, plain):
+        session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: fresh.numpy()})
+        assert all(np.abs(g - e).max() <= 1e-5 for g, e in zip(got, expected, strict=True))

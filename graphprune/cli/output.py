@@ -98,6 +98,7 @@ def report_document(result: PruneResult, latency: dict | None, onnx: OnnxExport 
         "onnx": None if onnx is None else {
             "path": onnx_path,
             "exporter": onnx.exporter, "opset": onnx.opset, "max_abs_error": onnx.max_abs_error,
+            "rewrites": list(onnx.rewrites),
         },
         "channels": {"before": result.plan.channels_before, "after": result.plan.channels_after},
         "budget": budget_document(r.budget),
