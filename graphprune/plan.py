@@ -15,7 +15,10 @@ class Group:
 
     ``classes`` are the coupled channels (indices into the channel graph's
     classes); ``producers`` the layers that write them; ``members`` every
-    parameter or buffer sliced with them.
+    parameter or buffer sliced with them. ``parts``: where layers read the
+    group in pieces (a chunk or split of it, each piece to other layers),
+    the positions in ``classes`` of each piece; empty where every channel is
+    read by the same layers.
     """
 
     index: int
@@ -25,6 +28,7 @@ class Group:
     members: list[str]
     pinned: torch.Tensor
     reasons: list[str]
+    parts: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def size(self) -> int:

@@ -134,3 +134,34 @@ def test_stochastic_depth_is_one_call_whose_training_mode_draws_agree(mode):
         torch.manual_seed(3)
         got = compact(x)
     assert (expected - got).abs().max() <= 1e-4 * expected.abs().max()
+
+
+class WideC2f(nn.Module):
+    """C2f's pattern at 32 channels: cv1's output split in halves, the second half through a bottleneck."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = ConvBN(3, 32)
+        self.m = ConvBN(16, 16, 3)
+        self.cv2 = ConvBN(48, 8)
+        # the 16 strongest filters: 11 in the first half, 5 in the second
+        set_filter_norms(self.cv1.conv, [9] * 11 + [1] * 5 + [9] * 5 + [1] * 11)
+
+    def forward(self, x):
+        y0, y1 = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat([y0, y1, y1 + self.m(y1)], 1))
+
+
+def test_round_to_rounds_each_piece_of_a_split_group():
+    # ONNX Runtime runs a conv fast when its input channels are a multiple of the block: each piece is an input
+    model = WideC2f().eval()
+    result = graphprune.prune(model, torch.randn(1, 3, 16, 16), ratio=0.5, mode="group", round_to=8)
+    group = next(g for g in result.plan.groups if g.name == "cv1.conv")
+    assert sorted(p.numel() for p in group.parts) == [16, 16]
+    kept = result.plan.kept_indices("cv1.conv.weight")
+    halves = [int((kept < 16).sum()), int((kept >= 16).sum())]
+    assert halves == [8, 8]  # not 11 and 5: the total alone a multiple of 8
+    assert result.compact.m.conv.in_channels == 8 and result.report.exact
+    unrounded = graphprune.prune(model, torch.randn(1, 3, 16, 16), ratio=0.5, mode="group")
+    kept = unrounded.plan.kept_indices("cv1.conv.weight")
+    assert [int((kept < 16).sum()), int((kept >= 16).sum())] == [11, 5]  # round_to=1: the scores decide alone

@@ -3,7 +3,9 @@
 Two classes are in one group when some producer writes both (a residual
 stream: every conv adding into it; a grouped conv's output). A consumer that
 reads several groups (a conv after a concatenation) does not merge them: each
-part of the concatenation keeps its own group and its own ratio.
+part of the concatenation keeps its own group and its own ratio. Where layers
+read a group in pieces (YOLO's C2f splits its first conv's output in two),
+the group records its parts: the classes read by the same set of layers.
 """
 
 from __future__ import annotations
@@ -100,7 +102,29 @@ def form_groups(channels: ChannelGraph) -> list[Group]:
         classes = sort[start : start + counts[index]]
         start += counts[index]
         groups.append(Group(index, names[0], classes, names, members_of[index], channels.pinned[classes], reasons_of[index]))
+    _add_parts(channels, groups, group_of_class)
     return groups
+
+
+def _add_parts(channels: ChannelGraph, groups: list[Group], group_of_class: torch.Tensor) -> None:
+    """Each group's parts: its classes split by the set of slots that index
+    them. A class's set of slots is summed into one number (a random 63-bit
+    weight per slot, over the distinct slots; equal sets give equal sums),
+    so groups whose classes all agree are found without a loop over them."""
+    slots = channels.slots
+    raw, slot_of = _concat([slot.ids for slot in slots])
+    if not raw.numel():
+        return
+    pairs = torch.unique(channels.class_of[raw] * len(slots) + slot_of)
+    weight = torch.randint(-(2**62), 2**62, (len(slots),), generator=torch.Generator().manual_seed(0))
+    n = channels.num_classes
+    signature = torch.zeros(n, dtype=torch.int64).index_add_(0, pairs // len(slots), weight[pairs % len(slots)])
+    known = group_of_class >= 0
+    low, high = (torch.zeros(len(groups), dtype=torch.int64).scatter_reduce_(
+        0, group_of_class[known], signature[known], reduce=reduce, include_self=False) for reduce in ("amin", "amax"))
+    for g in (low != high).nonzero().flatten().tolist():
+        _, part_of = torch.unique(signature[groups[g].classes], return_inverse=True)
+        groups[g].parts = [(part_of == p).nonzero().flatten() for p in range(int(part_of.max()) + 1)]
 
 
 class GroupPass:

@@ -262,21 +262,30 @@ def finish(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) 
     so rounding neither loses the budget nor gives it away; at least the
     multiple that holds ``min_channels`` and the pinned channels, at most the
     group; a group of two multiples or less rounds to half as much, so that
-    rounding does not keep all of it), then one channel kept in every tensor."""
-    config, r = state.config, state.config.round_to
+    rounding does not keep all of it; a group that layers read in pieces,
+    each piece on its own), then one channel kept in every tensor."""
+    config = state.config
     for g in state.groups:
-        kept = class_kept[g.classes]
-        count = int(kept.sum())
-        step = r
-        while step > 1 and g.size < 2 * step:  # a group of two blocks or less: rounding to it would keep all
-            step //= 2
-        lowest = math.ceil(max(config.min_channels, int(g.pinned.sum()), 1) / step) * step
-        target = min(g.size, max(lowest, step * math.floor(count / step + 0.5)))
-        if target > count:
-            class_kept[g.classes] = top_keep(scores[g.classes], kept, target)
-        elif target < count:  # keep the pinned and the best of the others
-            class_kept[g.classes] = top_keep(torch.where(kept, scores[g.classes], -math.inf), g.pinned, target)
+        # where layers read the group in pieces, each piece is what a layer sees: round each
+        for part in (g.parts if config.round_to > 1 else None) or [None]:
+            classes, pinned = (g.classes, g.pinned) if part is None else (g.classes[part], g.pinned[part])
+            least = config.min_channels if part is None else 1
+            class_kept[classes] = rounded(class_kept[classes], scores[classes], pinned, config.round_to, least)
     keep_one_per_slot(state.channels, scores, class_kept)
+
+
+def rounded(kept: torch.Tensor, scores: torch.Tensor, pinned: torch.Tensor, step: int, least: int) -> torch.Tensor:
+    """``kept`` with its count rounded to the nearest multiple of ``step`` (see :func:`finish`)."""
+    count, size = int(kept.sum()), kept.numel()
+    while step > 1 and size < 2 * step:  # two blocks or less: rounding to a block would keep all
+        step //= 2
+    lowest = math.ceil(max(least, int(pinned.sum()), 1) / step) * step
+    target = min(size, max(lowest, step * math.floor(count / step + 0.5)))
+    if target > count:
+        return top_keep(scores, kept, target)
+    if target < count:  # keep the pinned and the best of the others
+        return top_keep(torch.where(kept, scores, -math.inf), pinned, target)
+    return kept
 
 
 def keep_one_per_slot(channels: ChannelGraph, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
