@@ -281,3 +281,34 @@ def test_unary_minus_and_abs_pass_channels_through():
     result = graphprune.prune(Negate(), x, ratio=0.5)
     assert result.compact.conv.out_channels == 4
     assert_exact(result, x)
+
+
+# -- an attention layer the export frontend decomposes -----------------------------
+# Seeds 700021 and 700163 of ``fuzz.py --frontend export``: torch.export writes
+# nn.MultiheadAttention as aten ops, so no call of it sets its embed_dim; where no
+# constant in those ops changed (its output unused, or one head that must stay), its
+# input channels were pruned and its own forward refused the narrower input.
+
+
+class UnusedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.attn = nn.MultiheadAttention(8, 1, batch_first=True)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        tokens = y.flatten(2).transpose(1, 2)
+        _ = self.attn(tokens, tokens, tokens, need_weights=False)[0]  # computed, not used
+        return self.head(F.relu(y))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_decomposed_attention_keeps_the_width_its_forward_checks(frontend):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    result = graphprune.prune(UnusedAttention().eval(), x, ratio=0.5, verify=False, frontend=frontend)
+    if frontend == "export":  # the attention runs on the conv's channels, as wide as its weights say
+        assert result.compact.conv.out_channels == result.compact.attn.in_proj_weight.shape[1] == 8
+    assert_exact(result, x)  # fx: the attention is one call, pruned through (a compact attention layer)

@@ -30,6 +30,7 @@ from ..replace import ReplaceError, module_graph
 from ..rewriting import sized_tensors
 from ..rules import RULES
 from ..rules.base import tensor_args
+from ..tensors import owner_of
 from ..tracing import CALLS_KEY
 from .rewrite import rewrite_nodes
 
@@ -60,6 +61,7 @@ class StructurePass:
         if state.train_graph is not None:
             graphs["train"] = state.train_graph
         self.problems: dict[str, str | None] = {}
+        rebuilt: set[str] = set()
         for mode, gm in graphs.items():
             changed: dict[str, str] = {}
             for probe in probes(state):
@@ -67,8 +69,9 @@ class StructurePass:
             nodes = {n.name: n for n in gm.graph.nodes}
             codes = state.channels.graphs[mode].codes
             for name, what in changed.items():
-                where, problem = self.problem(state, nodes[name], mode, graphs)
+                where, path, problem = self.problem(state, nodes[name], mode, graphs)
                 if problem is None:
+                    rebuilt.add(path)
                     continue
                 reason = (f"pruning would change a constant in the forward of {where} ({what}, node {name}), "
                           f"which graphprune cannot rebuild: {problem}")
@@ -76,10 +79,38 @@ class StructurePass:
                     code = codes.get(arg.name)
                     if isinstance(code, torch.Tensor):
                         state.channels.pin(ids.raw_ids(code), reason)
+                # its own tensors keep their sizes too: its forward (not rebuilt) may check them against
+                # its attributes (nn.MultiheadAttention's embed_dim against the width of its input)
+                self.pin_own_tensors(state, path, reason)
+        self.pin_decomposed_layers(state, graphs, rebuilt)
+
+    @staticmethod
+    def pin_own_tensors(state: CompileState, path: str, reason: str) -> None:
+        for slot in state.channels.slots:
+            if path and owner_of(slot.target) == path:
+                state.channels.pin(slot.ids, reason)
+
+    def pin_decomposed_layers(self, state: CompileState, graphs: dict[str, fx.GraphModule], rebuilt: set[str]) -> None:
+        """A layer whose rule sets its attributes in the graph's call of it
+        (nn.MultiheadAttention's embed_dim), whose forward ran but that the
+        graph does not call as one (the export frontend decomposes it), and
+        that is not rebuilt either: its forward checks its attributes against
+        its tensors, so its own tensors keep their sizes."""
+        nodes = [n for gm in graphs.values() for n in gm.graph.nodes]
+        called = {str(n.target) for n in nodes if n.op == "call_module"}
+        ran = {entry[0] for n in nodes for entry in (n.meta.get("nn_module_stack") or {}).values()}
+        for path, module in state.model.named_modules():
+            rule = RULES.module_rule(module)
+            if (rule is None or hasattr(rule, "fix_module") or not path or path not in ran or path in called
+                    or path in rebuilt):
+                continue  # (a layer whose tensors a function uses, its forward never run, is free)
+            self.pin_own_tensors(state, path, f"{type(module).__name__} {path!r} is not one call in the traced "
+                                 "graph (the export frontend decomposes it), and its size attributes cannot "
+                                 "follow its sliced tensors")
 
     def problem(self, state: CompileState, node: fx.Node, mode: str,
-                graphs: dict[str, fx.GraphModule]) -> tuple[str, str | None]:
-        """(the module whose forward holds ``node``, why it cannot be replaced or None)."""
+                graphs: dict[str, fx.GraphModule]) -> tuple[str, str, str | None]:
+        """(the module whose forward holds ``node``, its path, why it cannot be replaced or None)."""
         stack = node.meta.get("nn_module_stack") or {}
         key = list(stack)[-1] if stack else ""  # "": the model's own forward
         path = stack[key][0] if stack else ""
@@ -87,7 +118,7 @@ class StructurePass:
         where = f"{type(module).__name__} {path!r}" if path else f"the model ({type(module).__name__})"
         if (mode, key) not in self.problems:
             self.problems[(mode, key)] = self._problem(module, path, key, mode, graphs)
-        return where, self.problems[(mode, key)]
+        return where, path, self.problems[(mode, key)]
 
     @staticmethod
     def _problem(module: torch.nn.Module, path: str, key: str, mode: str,
