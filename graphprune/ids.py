@@ -109,3 +109,14 @@ def connected_components(num_nodes: int, edges_a: torch.Tensor, edges_b: torch.T
             parent = grand
         if torch.equal(parent, before):
             return parent
+
+
+def end_to_end(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensors flattened end to end, and for each element the index of
+    its tensor: one tensor op for what would be one op per tensor (slot ids,
+    producer ids)."""
+    if not tensors:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty
+    lengths = torch.tensor([t.numel() for t in tensors])
+    return torch.cat([t.reshape(-1) for t in tensors]), torch.repeat_interleave(torch.arange(len(tensors)), lengths)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .analysis import ChannelGraph
+from .ids import end_to_end
 
 
 @dataclass
@@ -75,9 +76,9 @@ class PruningPlan:
         if not slots:
             return {}
         # all slots at once: a few tensor ops in all instead of a few per slot (hundreds of slots)
+        raw, slot_of = end_to_end([slot.ids for slot in slots])
         sizes = torch.tensor([slot.ids.numel() for slot in slots])
-        keep = self.class_kept[self.channels.class_of[torch.cat([slot.ids for slot in slots])]]
-        slot_of = torch.repeat_interleave(torch.arange(len(slots)), sizes)
+        keep = self.class_kept[self.channels.class_of[raw]]
         kept_per_slot = torch.zeros(len(slots), dtype=torch.int64).index_add_(0, slot_of, keep.long())
         positions = keep.nonzero().flatten()
         starts = torch.cumsum(sizes, 0) - sizes

@@ -13,18 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..analysis import ChannelGraph
-from ..ids import connected_components
+from ..ids import connected_components, end_to_end
 from ..pipeline import CompileState
 from ..plan import Group
-
-
-def _concat(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tensors end to end, and for each element the index of its tensor."""
-    if not tensors:
-        empty = torch.empty(0, dtype=torch.int64)
-        return empty, empty
-    lengths = torch.tensor([t.numel() for t in tensors])
-    return torch.cat([t.reshape(-1) for t in tensors]), torch.repeat_interleave(torch.arange(len(tensors)), lengths)
 
 
 def _pairs(major: torch.Tensor, minor: torch.Tensor, minor_count: int) -> list[tuple[int, int]]:
@@ -66,7 +57,7 @@ def form_groups(channels: ChannelGraph) -> list[Group]:
     # with a few small tensor ops each was most of this pass.
     n = channels.num_classes
     producers = [p for p in channels.producers if p.ids.numel()]
-    raw, producer_of = _concat([p.ids for p in producers])
+    raw, producer_of = end_to_end([p.ids for p in producers])
     cls = channels.class_of[raw]
     first = torch.full((len(producers),), n, dtype=torch.int64).scatter_reduce_(0, producer_of, cls, reduce="amin")
     label = connected_components(n, first[producer_of], cls)
@@ -112,7 +103,7 @@ def _add_parts(channels: ChannelGraph, groups: list[Group], group_of_class: torc
     weight per slot, over the distinct slots; equal sets give equal sums),
     so groups whose classes all agree are found without a loop over them."""
     slots = channels.slots
-    raw, slot_of = _concat([slot.ids for slot in slots])
+    raw, slot_of = end_to_end([slot.ids for slot in slots])
     if not raw.numel():
         return
     pairs = torch.unique(channels.class_of[raw] * len(slots) + slot_of)
