@@ -16,6 +16,7 @@ import subprocess
 import sys
 import warnings
 
+import onnx
 import pytest
 import torch
 import torchvision
@@ -203,3 +204,15 @@ def test_whole_heads_from_the_command_line_are_reported(tmp_path, capsys):
     assert len(heads) == 12 and all(len(h["dropped"]) == h["of"] // 2 for h in heads.values())
     dropped, total = sum(len(h["dropped"]) for h in heads.values()), sum(h["of"] for h in heads.values())
     assert f"note: {dropped} of {total} attention heads dropped in 12 of 12 layers" in capsys.readouterr().err
+
+
+def test_an_onnx_output_says_what_was_rewritten_for_onnx_runtime(tmp_path, capsys):
+    pytest.importorskip("ultralytics")
+    out = tmp_path / "y.onnx"
+    assert main(["prune", "yolov8n.yaml", "--input-shape", "1,3,64,64", "-o", str(out), "--no-latency",
+                 "--report", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err
+    assert "rewritten for ONNX Runtime (softmax over an inner axis as reductions x1)" in err
+    assert json.loads((tmp_path / "r.json").read_text())["onnx"]["rewrites"] == [
+        "softmax over an inner axis as reductions x1"]
+    assert "Softmax" not in {n.op_type for n in onnx.load(str(out)).graph.node}  # the DFL head's, rewritten

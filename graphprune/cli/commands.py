@@ -27,7 +27,7 @@ from .output import (
 )
 
 if TYPE_CHECKING:
-    from ..api import PruneResult
+    from ..api import PruneResult, Report
     from ..onnx_export import OnnxExport
 
 
@@ -104,6 +104,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for path in (args.output, args.masked, args.save, args.report):
         if path:
             print(f"wrote {path}")
+    print_notes(r, onnx, latency, options)
+    return 0
+
+
+def print_notes(r: Report, onnx: OnnxExport | None, latency: dict | None, options: dict) -> None:
+    """What the user should know about the result, on stderr."""
+    if onnx is not None and onnx.rewrites:
+        print(f"note: {onnx.path.name}: rewritten for ONNX Runtime ({'; '.join(onnx.rewrites)}), checked against "
+              "PyTorch like the rest of the file", file=sys.stderr)
     for note in r.notes:
         print(f"note: {note}", file=sys.stderr)
     warn_if_slower(latency, options)
@@ -111,7 +120,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"note: {where} is not in the output contract: {before} -> {after} channels", file=sys.stderr)
     print_rebuilt(r.replaced)
     print_heads(r.heads)
-    return 0
 
 
 def print_heads(heads: dict[str, tuple[tuple[int, ...], int]]) -> None:
