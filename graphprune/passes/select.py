@@ -296,7 +296,12 @@ def keep_one_per_slot(channels: ChannelGraph, scores: torch.Tensor, class_kept: 
     raws = [slot.ids for slot in channels.slots]
     for code in channels.codes.values():
         raws += [ids.raw_ids(c).reshape(-1) for c in tree_leaves(code) if isinstance(c, torch.Tensor)]
-    for raw in raws:
-        cls = channels.class_of[raw]
-        if not bool(class_kept[cls].any()):
+    raws = [raw for raw in raws if raw.numel()]
+    if not raws:
+        return
+    flat, owner = ids.end_to_end(raws)  # which tensors keep nothing, all at once
+    kept = torch.zeros(len(raws), dtype=torch.int64).index_add_(0, owner, class_kept[channels.class_of[flat]].long())
+    for i in (kept == 0).nonzero().flatten().tolist():
+        cls = channels.class_of[raws[i]]
+        if not bool(class_kept[cls].any()):  # (a channel kept for an earlier one may serve this one)
             class_kept[cls[torch.argmax(scores[cls])]] = True
