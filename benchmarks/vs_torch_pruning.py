@@ -18,7 +18,8 @@ ratio 0.5, L1 magnitude, one ratio per coupled group, the final classifier
 
 User-facing time (a second table): what a user waits for. graphprune: the whole
 ``graphprune.prune(model, x, ratio=0.5, criterion="l1", mode="group", verify=False)``
-call with the default pipeline (masked model and FLOPs count included), and the
+call with the default pipeline (FLOPs count included; the masked model is built
+where verification needs it, so only in the verified call), and the
 same call with ``verify=True`` (the default); Torch-Pruning: ``MetaPruner``
 construction + a plain ``step()`` on a fresh copy of the model. Each is the best
 of ``--user-repeat`` calls (2), in the same child as the case above, after it

@@ -20,6 +20,7 @@ edited), the masked model cannot be built and an error says so.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -58,7 +59,7 @@ class MaskPass:
 class Deferred:
     """Builds the masked model later, from the user's model, if that is as it was."""
 
-    def __init__(self, state: CompileState, build):
+    def __init__(self, state: CompileState, build: Callable[[CompileState], torch.nn.Module]):
         self.state, self.build = state, build
         self.seen = fingerprint(state.model, *state.example_inputs)
 
