@@ -9,7 +9,10 @@ weight each time would cost the model's size in memory and much of the time.
 - :func:`light_copy`: a GraphModule whose modules have tables of their own
   but share every tensor and attribute (the rewrite slices one);
 - :func:`own_tensors`: clone the tensors a copy still shares with another model;
-- :func:`fingerprint`: what a later copy checks to know the model is as it was.
+- :func:`fingerprint`: what a later copy checks to know the model is as it was;
+- :data:`LAZY_GRAPH_MODULE`: the GraphModule class whose code is generated when
+  first needed (run, printed, pickled), not when built: most graphs a compile
+  builds are read or rewritten, not run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+
+try:  # torch's own lazy GraphModule (what torch.compile builds its graphs with)
+    from torch.fx._lazy_graph_module import _LazyGraphModule as LAZY_GRAPH_MODULE
+except ImportError:  # pragma: no cover - a torch without it generates code at once
+    LAZY_GRAPH_MODULE = fx.GraphModule
 
 
 def private_copy(model: nn.Module) -> nn.Module:
@@ -94,8 +102,8 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
     submodule tables (so setting an attribute or replacing a tensor in the
     copy leaves ``gm`` alone); the graph is copied with node metadata shared
     (read, never changed). Call :func:`own_tensors` before changing any
-    tensor in place, and ``recompile()`` before running it (its code is
-    generated once, after the rewrite)."""
+    tensor in place, and ``recompile()`` once its graph is changed (its code
+    is generated when first run)."""
     clones: dict[int, nn.Module] = {}
 
     def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
@@ -109,7 +117,7 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
             state["_modules"] = {k: None if m is None else clone(m) for k, m in module._modules.items()}
         return clones[id(module)]
 
-    out = clone(gm, type(type(gm).__name__, (fx.GraphModule,), {}))  # a class of its own: its own forward
+    out = clone(gm, type(type(gm).__name__, (LAZY_GRAPH_MODULE,), {}))  # a class of its own: its own forward
     graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
     graph.owning_module = out
     out.__dict__.update(_graph=graph, meta=dict(gm.meta))

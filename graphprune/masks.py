@@ -123,14 +123,15 @@ def _has_keep_grad(tensor: torch.Tensor) -> bool:
 
 
 def keep_masks(model: nn.Module, channels: ChannelGraph, raw_dropped: torch.Tensor,
-               kinds: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
+               kinds: frozenset[str] | None = None, skip: frozenset[str] | set[str] = frozenset()
+               ) -> dict[str, torch.Tensor]:
     """Per tensor name, a 0/1 mask broadcastable to the tensor: 0 where some
     slot writing a dropped channel indexes it (only slots of ``kinds``, if
-    given; tensors ``model`` does not have are left out)."""
+    given; tensors ``model`` does not have, and those named in ``skip``, are left out)."""
     masks: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules(remove_duplicate=False))
     for slot in channels.slots:
-        if not slot.writes or (kinds is not None and slot.kind not in kinds):
+        if not slot.writes or (kinds is not None and slot.kind not in kinds) or slot.target in skip:
             continue
         dropped = raw_dropped[slot.ids]
         if not bool(dropped.any()):

@@ -66,12 +66,21 @@ class PruningPlan:
     mode: str
     coupling: str
     notes: list[str] = field(default_factory=list)
+    # cut_slots' answer, the class_kept tensor it was computed for and that tensor's version then
+    _cut: tuple[torch.Tensor, int, dict] | None = field(default=None, init=False, repr=False, compare=False)
 
     def kept(self, raw: torch.Tensor) -> torch.Tensor:
         return self.class_kept[self.channels.class_of[raw]]
 
     def cut_slots(self) -> dict[tuple[str, int], torch.Tensor]:
-        """(tensor name, dim) -> the indices kept along it, for every slot that loses some."""
+        """(tensor name, dim) -> the indices kept along it, for every slot that loses
+        some (computed once per plan: the rewrite and apply passes both slice)."""
+        kept = self.class_kept
+        if self._cut is None or self._cut[0] is not kept or self._cut[1] != kept._version:
+            self._cut = (kept, kept._version, self._cut_slots())
+        return dict(self._cut[2])
+
+    def _cut_slots(self) -> dict[tuple[str, int], torch.Tensor]:
         slots = self.channels.slots
         if not slots:
             return {}

@@ -9,6 +9,8 @@ is zeroed too, so the compact model computes what the masked model computes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -34,9 +36,18 @@ def compact_tensors(model: nn.Module, plan: PruningPlan, mask_bn: bool = True,
     under the same name and at the sliced shape is copied from it instead
     of being sliced and zeroed again."""
     modules = dict(model.named_modules(remove_duplicate=False))
-    masks = keep_masks(model, plan.channels, plan.raw_dropped, None if mask_bn else FILTER_KINDS)
-    sliced, taken = slice_parameters(model, plan, modules, source)
-    zero_dropped(model, {t: k for t, k in masks.items() if t not in taken}, sliced, modules)
+    dims_of = sliced_dims(model, plan, modules)
+    tied = ties(model, dims_of, modules)  # as the model has them, before any tensor is replaced
+    sliced = {key: index for key, index in plan.cut_slots().items() if key[0] in dims_of}
+    taken = _take(model, source, sliced, dims_of, modules) if source is not None else set()
+    # masks of the full-width tensors, so before slicing, and none for a tensor taken already sliced and zeroed
+    masks = keep_masks(model, plan.channels, plan.raw_dropped, None if mask_bn else FILTER_KINDS, taken)
+    slice_parameters(model, {key: index for key, index in sliced.items() if key[0] not in taken}, modules)
+    for names in tied:  # names of one tensor get one sliced tensor back, still tied
+        for other in names[1:]:
+            if dims_of[other] == dims_of[names[0]]:
+                retie(model, other, get_tensor(model, names[0], modules))
+    zero_dropped(model, masks, sliced, modules)
     return sliced
 
 
@@ -57,31 +68,30 @@ def masked_graph(graph: fx.GraphModule, plan: PruningPlan, mask_bn: bool = True)
     return gm.eval()
 
 
-def slice_parameters(gm: nn.Module, plan: PruningPlan, modules: dict[str, nn.Module],
-                     source: nn.Module | None = None) -> tuple[dict[tuple[str, int], torch.Tensor], set[str]]:
-    """Slice every slot's tensor to its kept indices; returns those indices
-    per (tensor name, dim) that was sliced, and the names whose tensor was
-    taken from ``source`` (see :func:`compact_tensors`). Tensors ``gm`` does
-    not have (a train-mode branch the eval graph does not call) are left out."""
-    # Names of one tensor (tied weights) get one sliced tensor back, still tied.
-    names_of: dict[int, list[str]] = {}
+def sliced_dims(gm: nn.Module, plan: PruningPlan, modules: dict[str, nn.Module]) -> dict[str, set[int]]:
+    """Per tensor ``gm`` has (not one of a train-mode branch the eval graph
+    does not call), the dims that channels index."""
     dims_of: dict[str, set[int]] = {}
     for slot in plan.channels.slots:
         if has_tensor(gm, slot.target, modules):
             dims_of.setdefault(slot.target, set()).add(slot.dim)
-    for target in dims_of:
-        names_of.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
-    sliced = {key: index for key, index in plan.cut_slots().items() if key[0] in dims_of}
-    taken = _take(gm, source, sliced, dims_of, modules) if source is not None else set()
+    return dims_of
+
+
+def ties(gm: nn.Module, names: Iterable[str], modules: dict[str, nn.Module]) -> list[list[str]]:
+    """``names`` grouped by the tensor they name (tied weights: several names of one tensor)."""
+    by_tensor: dict[int, list[str]] = {}
+    for target in names:
+        by_tensor.setdefault(id(get_tensor(gm, target, modules)), []).append(target)
+    return [group for group in by_tensor.values() if len(group) > 1]
+
+
+def slice_parameters(gm: nn.Module, sliced: dict[tuple[str, int], torch.Tensor],
+                     modules: dict[str, nn.Module]) -> None:
+    """Cut each tensor to its kept indices along each dim in ``sliced``."""
     with torch.no_grad():
         for (target, dim), index in sliced.items():
-            if target not in taken:
-                set_tensor(gm, target, get_tensor(gm, target, modules).index_select(dim, index), modules)
-    for names in names_of.values():
-        for other in names[1:]:
-            if dims_of[other] == dims_of[names[0]]:
-                retie(gm, other, get_tensor(gm, names[0], modules))
-    return sliced, taken
+            set_tensor(gm, target, get_tensor(gm, target, modules).index_select(dim, index), modules)
 
 
 def _take(gm: nn.Module, source: nn.Module, sliced: dict[tuple[str, int], torch.Tensor],
