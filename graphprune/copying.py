@@ -10,7 +10,7 @@ weight each time would cost the model's size in memory and much of the time.
   but share every tensor and attribute (the rewrite slices one);
 - :func:`own_tensors`: clone the tensors a copy still shares with another model;
 - :func:`fingerprint`: what a later copy checks to know the model is as it was;
-- :data:`LAZY_GRAPH_MODULE`: the GraphModule class whose code is generated when
+- :class:`LazyGraphModule`: the GraphModule class whose code is generated when
   first needed (run, printed, pickled), not when built: most graphs a compile
   builds are read or rewritten, not run.
 """
@@ -26,9 +26,17 @@ import torch.fx as fx
 import torch.nn as nn
 
 try:  # torch's own lazy GraphModule (what torch.compile builds its graphs with)
-    from torch.fx._lazy_graph_module import _LazyGraphModule as LAZY_GRAPH_MODULE
+    from torch.fx._lazy_graph_module import _LazyGraphModule
 except ImportError:  # pragma: no cover - a torch without it generates code at once
-    LAZY_GRAPH_MODULE = fx.GraphModule
+    _LazyGraphModule = fx.GraphModule
+
+
+class LazyGraphModule(_LazyGraphModule):
+    """A GraphModule whose code is generated on first use; torch.jit.script,
+    which cannot script one, gets a plain GraphModule of it."""
+
+    def __prepare_scriptable__(self) -> fx.GraphModule:
+        return fx.GraphModule(self, self.graph, type(self).__name__)
 
 
 def private_copy(model: nn.Module) -> nn.Module:
@@ -106,9 +114,9 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
     is generated when first run)."""
     clones: dict[int, nn.Module] = {}
 
-    def clone(module: nn.Module, cls: type | None = None) -> nn.Module:
+    def clone(module: nn.Module, new: nn.Module | None = None) -> nn.Module:
         if id(module) not in clones:
-            new = object.__new__(cls or type(module))
+            new = object.__new__(type(module)) if new is None else new
             clones[id(module)] = new
             state = new.__dict__
             state.update(module.__dict__)  # Module.__setattr__ bookkeeping is not needed here
@@ -117,7 +125,9 @@ def light_copy(gm: fx.GraphModule) -> fx.GraphModule:
             state["_modules"] = {k: None if m is None else clone(m) for k, m in module._modules.items()}
         return clones[id(module)]
 
-    out = clone(gm, type(type(gm).__name__, (LAZY_GRAPH_MODULE,), {}))  # a class of its own: its own forward
+    # GraphModule.__new__ gives each instance a class of its own (recompile sets the forward on it)
+    out = clone(gm, fx.GraphModule.__new__(LazyGraphModule))
+    type(out).__name__ = type(gm).__name__
     graph = copy.deepcopy(gm.graph, {id(node.meta): dict(node.meta) for node in gm.graph.nodes})
     graph.owning_module = out
     out.__dict__.update(_graph=graph, meta=dict(gm.meta))

@@ -27,7 +27,7 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from .copying import LAZY_GRAPH_MODULE
+from .copying import LazyGraphModule
 from .rules.registry import RULES
 
 #: gm.meta key: the list of :class:`ModuleCall` of a traced graph
@@ -165,7 +165,7 @@ def trace(model: nn.Module, unless_same_as: fx.Graph | None = None) -> fx.GraphM
             graph.erase_node(node)
     if unless_same_as is not None and same_graph(graph, unless_same_as):
         return None
-    gm = LAZY_GRAPH_MODULE(tracer.root, graph, type(model).__name__)
+    gm = LazyGraphModule(tracer.root, graph, type(model).__name__)
     inputs = tuple(NodeRef(n.name) for n in graph.nodes if n.op == "placeholder")
     output = next(n for n in graph.nodes if n.op == "output")
     gm.meta[CALLS_KEY] = [*tracer.calls, ModuleCall("", "", inputs, {}, _names(output.args[0]))]

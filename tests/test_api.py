@@ -189,3 +189,24 @@ def test_compact_model_graph_and_user_model_share_no_storage():
 
     compact, graph, user = storages(result.compact), storages(result.compact_graph), storages(model)
     assert compact and not compact & graph and not compact & user and not graph & user
+
+
+def test_the_graphs_a_user_gets_copy_pickle_and_script_like_any_graph_module():
+    # their code is generated on first use (torch's lazy GraphModule): copies, pickles and
+    # TorchScript must see ordinary GraphModules, each with a forward of its own
+    import copy
+    import pickle
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = graphprune.prune(model, x[:1], ratio=0.5)
+    expected = result.compact(x)
+    for graph in (result.compact_graph, result.state.graph):
+        assert type(graph).__name__ == "ResNet"
+        copied = copy.deepcopy(graph)
+        assert torch.allclose(copied(x), graph(x), atol=1e-6)
+        assert torch.allclose(pickle.loads(pickle.dumps(graph))(x), graph(x), atol=1e-6)
+        assert torch.allclose(torch.jit.script(graph)(x), graph(x), atol=1e-6)
+        assert "def forward" in graph.code
+    assert torch.allclose(result.compact_graph(x), expected, atol=1e-5)
+    assert torch.allclose(result.state.graph(x), model(x), atol=1e-5)
