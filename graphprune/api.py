@@ -167,6 +167,7 @@ def prune(
     fold_constants: bool = True,
     target_flops: float | None = None,
     target_latency: float | None = None,
+    trade_flops: bool = False,
     verify: bool | str = True,
     tolerance: float = 1e-4,
     seed: int = 0,
@@ -198,17 +199,16 @@ def prune(
     inputs = as_inputs(example_inputs)
     round_to, note = resolve_round_to(round_to, for_onnx_runtime=target_latency is not None or (
         pipeline is not None and "export" in pipeline.names))
-    notes = [note] if note else []
     config = PruneConfig(
-        ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, heads=heads,
-        ignore=_ignore_names(model, ignore),
+        ratio=ratio, criterion=criterion, mode=mode, coupling=coupling, heads=heads, ignore=_ignore_names(model, ignore),
         min_channels=min_channels, round_to=round_to, ratios=dict(ratios or {}), mask_bn=mask_bn,
-        fold_constants=fold_constants, target_flops=target_flops, target_latency=target_latency, verify=verify,
-        tolerance=tolerance, seed=seed, frontend=frontend, outputs=outputs, train_outputs=train_outputs,
+        fold_constants=fold_constants, target_flops=target_flops, target_latency=target_latency,
+        trade_flops=trade_flops, verify=verify, tolerance=tolerance, seed=seed, frontend=frontend, outputs=outputs,
+        train_outputs=train_outputs,
     )
     check_finite(model)
     check_finite_inputs(inputs)
-    state = CompileState(model=model, example_inputs=inputs, config=config, notes=notes)
+    state = CompileState(model=model, example_inputs=inputs, config=config, notes=[note] if note else [])
     (pipeline or Pipeline.default()).run(state, progress)
     return PruneResult(state.compact, state.plan, build_report(state), state)
 

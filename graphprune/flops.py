@@ -181,10 +181,12 @@ class FlopsModel:
     part of it no slotted weight scales. Each *term* is one node's FLOPs,
     scaled by the product of the kept fractions of the slots (weight
     dimensions) listed for it in ``term_slots`` (-1: no slot, factor 1).
+    The same form costs anything that scales so (the latency target's
+    roofline model: terms in milliseconds, :mod:`graphprune.budget.latency_model`).
     """
 
-    dense: int
-    fixed: int
+    dense: float
+    fixed: float
     term_flops: torch.Tensor  # float64 (T,)
     term_slots: torch.Tensor  # int64 (T, D), -1 padded
     slot_classes: torch.Tensor  # class of every index of every slot, concatenated
@@ -201,13 +203,20 @@ class FlopsModel:
                 runner.run(*fresh_copy(example_inputs))
             per_node = runner.flops
         terms, fixed = cls._terms(gm, channels, per_node)
+        dense = int(sum(sum(f for f, _ in c) if isinstance(c, list) else c for c in per_node.values()))
+        return cls.of_terms(channels, terms, fixed, dense)
+
+    @classmethod
+    def of_terms(cls, channels: ChannelGraph, terms: list[tuple[float, list[int]]], fixed: float,
+                 dense: float) -> FlopsModel:
+        """The model of ``terms``: (amount at full width, the slots whose kept fractions scale it)."""
         width = max((len(s) for _, s in terms), default=1)
         term_slots = torch.full((len(terms), width), -1, dtype=torch.int64)
         for row, (_, slots) in enumerate(terms):
             term_slots[row, : len(slots)] = torch.tensor(slots, dtype=torch.int64)
         slot_classes = [channels.class_of[s.ids] for s in channels.slots]
         return cls(
-            dense=int(sum(sum(f for f, _ in c) if isinstance(c, list) else c for c in per_node.values())),
+            dense=dense,
             fixed=fixed,
             term_flops=torch.tensor([float(f) for f, _ in terms], dtype=torch.float64),
             term_slots=term_slots,
@@ -219,16 +228,28 @@ class FlopsModel:
         )
 
     @staticmethod
-    def _terms(gm: fx.GraphModule, channels: ChannelGraph,
-               flops: dict[fx.Node, int | list[Part]]) -> tuple[list[tuple[int, list[int]]], int]:
+    def slots_of(channels: ChannelGraph) -> dict[str, list[int]]:
+        """Per tensor name, the indices of its slots."""
+        out: dict[str, list[int]] = {}
+        for i, slot in enumerate(channels.slots):
+            out.setdefault(slot.target, []).append(i)
+        return out
+
+    @staticmethod
+    def weight_of(gm: fx.GraphModule, node: fx.Node, slots_of: dict[str, list[int]]) -> str | None:
+        """The slotted weight a node's FLOPs scale with: the biggest slotted tensor it reads (a bias is slotted too)."""
+        slotted = [t for t in _tensors_read(gm, node) if t in slots_of]
+        return max(slotted, key=lambda t: get_tensor(gm, t).numel()) if slotted else None
+
+    @classmethod
+    def _terms(cls, gm: fx.GraphModule, channels: ChannelGraph,
+               flops: dict[fx.Node, int | list[Part]]) -> tuple[list[tuple[float, list[int]]], int]:
         """Per node that its weight scales: (FLOPs, that weight's slots); per
         part of a node given as parts, (FLOPs, the slots of its weight dims);
         and the rest's FLOPs."""
-        slots_of: dict[str, list[int]] = {}
+        slots_of = cls.slots_of(channels)
         slot_at = {(slot.target, slot.dim): i for i, slot in enumerate(channels.slots)}
-        for i, slot in enumerate(channels.slots):
-            slots_of.setdefault(slot.target, []).append(i)
-        terms: list[tuple[int, list[int]]] = []
+        terms: list[tuple[float, list[int]]] = []
         fixed = 0
         for node, count in flops.items():
             if isinstance(count, list):
@@ -239,20 +260,29 @@ class FlopsModel:
                     else:
                         fixed += part
                 continue
-            slotted = [t for t in _tensors_read(gm, node) if t in slots_of]
-            if not slotted:
+            weight = cls.weight_of(gm, node, slots_of)
+            if weight is None:
                 fixed += count
                 continue
-            # the weight: the biggest tensor the node reads (a bias is slotted too)
-            weight = max(slotted, key=lambda t: get_tensor(gm, t).numel())
             terms.append((count, slots_of[weight]))
         return terms, fixed
 
-    def predict(self, class_kept: torch.Tensor) -> float:
-        """FLOPs of the compact model that keeps ``class_kept``."""
-        kept = torch.zeros(self.slot_sizes.numel() + 1, dtype=torch.float64)
-        kept[:-1].index_add_(0, self.slot_index, class_kept[self.slot_classes].double())
-        fraction = kept[:-1] / self.slot_sizes.clamp_min(1)
+    def _predict(self, kept_classes: torch.Tensor) -> torch.Tensor:
+        kept = torch.zeros(self.slot_sizes.numel(), dtype=torch.float64)
+        kept = kept.index_add(0, self.slot_index, kept_classes[self.slot_classes])
+        fraction = kept / self.slot_sizes.clamp_min(1)
         fraction = torch.cat([fraction, torch.ones(1, dtype=torch.float64)])  # index -1: factor 1
         scale = fraction[self.term_slots].prod(dim=1)
-        return self.fixed + float((self.term_flops * scale).sum())
+        return self.fixed + (self.term_flops * scale).sum()
+
+    def predict(self, class_kept: torch.Tensor) -> float:
+        """FLOPs of the compact model that keeps ``class_kept``."""
+        return float(self._predict(class_kept.double()))
+
+    def marginal(self, class_kept: torch.Tensor) -> torch.Tensor:
+        """Per class, what keeping one more of its channels adds at ``class_kept``
+        (the derivative of :meth:`predict`): what dropping it saves."""
+        kept = class_kept.double().requires_grad_()
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self._predict(kept), kept)
+        return grad

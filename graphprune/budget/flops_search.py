@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -24,12 +25,28 @@ FLOPS_CONFIRMATIONS = 3
 
 class Ranking(Protocol):
     """Global mode's ranking, as the select pass builds it: ``protected``
-    classes are always kept, ``order`` lists the others, first to drop first."""
+    classes are always kept, ``order`` lists the others, first to drop first,
+    by ``scores`` (one per class, comparable across groups)."""
 
     protected: torch.Tensor
     order: torch.Tensor
+    scores: torch.Tensor
 
     def keep(self, n_drop: int) -> torch.Tensor: ...
+
+
+@dataclass
+class Reordered:
+    """A ranking's protected classes and scores with another order (the latency target's)."""
+
+    protected: torch.Tensor
+    order: torch.Tensor
+    scores: torch.Tensor
+
+    def keep(self, n_drop: int) -> torch.Tensor:
+        kept = self.protected.clone()
+        kept[self.order[n_drop:]] = True
+        return kept
 
 
 Finish = Callable[[torch.Tensor], torch.Tensor]  # a choice of kept classes -> rounded, one per tensor

@@ -43,6 +43,7 @@ class BudgetResult:
     candidates: list[dict[str, float]] = field(default_factory=list)
     method: str | None = None
     notes: list[str] = field(default_factory=list)
+    trade: dict | None = None  # a latency target's order against the plain one (see LatencySearch.trade)
 
     def __str__(self) -> str:
         if self.kind == "flops":

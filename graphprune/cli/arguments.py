@@ -58,6 +58,9 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
                    help="prune to this fraction of the dense FLOPs, in (0, 1] (implies --mode global)")
     p.add_argument("--target-latency", type=float, default=None, metavar="F",
                    help="prune to this fraction of the dense ONNX Runtime latency, measured (implies --mode global)")
+    p.add_argument("--trade-flops", action="store_true",
+                   help="with --target-latency: rank channels by score per millisecond they cost on this runtime "
+                        "(memory-bound layers lose channels first) instead of by score alone")
     p.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), help="default l1")
     p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
     p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")
@@ -173,5 +176,7 @@ def prune_options(args: argparse.Namespace) -> dict:
         heads=args.heads, ignore=tuple(args.ignore), round_to=round_to(args), min_channels=args.min_channels, seed=args.seed,
         **targets,
     )
+    if args.trade_flops:
+        options["trade_flops"] = True
     PruneConfig(**{**options, "round_to": resolve_round_to(options["round_to"], True)[0]})  # validate before any work
     return options

@@ -146,7 +146,7 @@ def budget_document(budget: BudgetResult | None) -> dict | None:
     return {"target_latency": budget.target, "latency_fraction": budget.achieved,
             "latency_dense_ms": budget.dense_ms, "latency_compact_ms": budget.compact_ms,
             "latency_flops_fraction": budget.flops_fraction, "latency_candidates": budget.candidates,
-            "latency_method": budget.method, **common}
+            "latency_method": budget.method, "trade_flops": budget.trade, **common}
 
 
 def budget_rows(report: Report) -> list[list[str]]:

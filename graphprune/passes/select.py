@@ -223,10 +223,11 @@ class SelectPass:
 class GlobalRanking:
     """Global mode's one ranking across groups: ``protected`` classes are
     always kept (pinned, plus each group's best ``min_channels``); ``order``
-    lists the others, lowest score (normalised per group) first."""
+    lists the others, lowest score (``scores``: normalised per group) first."""
 
     protected: torch.Tensor
     order: torch.Tensor
+    scores: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -247,7 +248,7 @@ class GlobalRanking:
                 protected[best] = True
         candidates = torch.cat([g.classes for g in state.groups]) if state.groups else torch.empty(0, dtype=torch.int64)
         candidates = candidates[~protected[candidates]]
-        return cls(protected, candidates[torch.argsort(normalised[candidates], stable=True)])
+        return cls(protected, candidates[torch.argsort(normalised[candidates], stable=True)], normalised)
 
     def keep(self, n_drop: int) -> torch.Tensor:
         """Kept classes when the first ``n_drop`` ranked channels are dropped."""
