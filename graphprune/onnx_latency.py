@@ -10,6 +10,7 @@ budget search all time through it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -151,9 +152,16 @@ def compare_latency(
 ) -> LatencyComparison:
     """Time a dense and a compact ONNX model on the same inputs, in
     ``rounds`` interleaved rounds of ``runs`` runs each (a load change on the
-    machine then hits both); each latency is over all its timed runs.
-    ``runs=None`` times adaptively: rounds of 5 runs each, until both medians
-    move less than 2 % in a round (at least 3 rounds, at most 20).
+    machine then hits both); each latency is over all its timed runs. Each
+    model first runs ``warmup`` times, and every round starts with untimed
+    runs of its model (``warmup``, and at least :data:`SETTLE_MS`): the session
+    run before it leaves its threads spinning for a while (ONNX Runtime's
+    default), and on a small machine they slow the first runs of the next
+    session (at 10 runs a round, efficientnet_b0's dense medians came out
+    5.3-6.6 ms against 5.0 ms in long rounds).
+    ``runs=None`` times adaptively: rounds of at least :data:`ROUND_MS` of runs
+    (5 at least), until both medians move less than 2 % in a round (at least
+    3 rounds, at most 20).
 
     Example::
 
@@ -168,13 +176,15 @@ def compare_latency(
     _check_counts(5 if runs is None else runs, warmup, rounds)
     sessions = [_session(s, threads, "CPUExecutionProvider") for s in (dense, compact)]
     feeds = [onnx_feed(s, inputs) for s in sessions]
-    for session, feed in zip(sessions, feeds):
-        _run(session, feed, warmup)
+    typical = [float(np.median(_run(session, feed, max(warmup, 1)))) for session, feed in zip(sessions, feeds)]
+    settle = [max(warmup, math.ceil(SETTLE_MS / max(ms, 1e-3))) for ms in typical]
+    per_round = [runs or min(100, max(5, math.ceil(ROUND_MS / max(ms, 1e-3)))) for ms in typical]
     samples: list[list[np.ndarray]] = [[], []]
     medians: list[tuple[float, float]] = []
     for done in range(1, (20 if runs is None else rounds) + 1):
         for which, (session, feed) in enumerate(zip(sessions, feeds)):
-            samples[which].append(_run(session, feed, 5 if runs is None else runs))
+            _run(session, feed, settle[which])
+            samples[which].append(_run(session, feed, per_round[which]))
         if runs is None:
             medians.append(tuple(float(np.median(np.concatenate(s))) for s in samples))
             if done >= 3 and all(abs(a - b) <= 0.02 * b for a, b in zip(medians[-1], medians[-2])):
@@ -183,6 +193,12 @@ def compare_latency(
         _summary(session, np.concatenate(times), warmup) for session, times in zip(sessions, samples)
     )
     return LatencyComparison(dense_latency, compact_latency, flops)
+
+
+#: untimed milliseconds of runs that start every round of compare_latency (at least its warmup runs)
+SETTLE_MS = 10.0
+#: timed milliseconds of runs per round of compare_latency's adaptive mode
+ROUND_MS = 50.0
 
 
 def _check_counts(runs: int, warmup: int, rounds: int) -> None:

@@ -166,6 +166,24 @@ def test_latency_is_measured_with_the_threads_asked_for(tmp_path):
     assert np.isfinite(comparison.speedup) and comparison.speedup > 0
 
 
+def test_every_round_of_a_comparison_starts_with_untimed_runs_of_its_model(tmp_path, monkeypatch):
+    # the session timed before leaves its threads spinning: the first runs after a switch are not timed
+    from graphprune import onnx_latency
+
+    x = torch.randn(1, 3, 16, 16)
+    info = export_onnx(Net(), x, tmp_path / "net.onnx", exporter="legacy")
+    calls, run = [], onnx_latency._run
+    monkeypatch.setattr(onnx_latency, "_run", lambda s, feed, n: calls.append((id(s), n)) or run(s, feed, n))
+    compare_latency(info.path, info.path, x, warmup=2, runs=4, rounds=3, threads=1)
+    dense, compact = calls[0][0], calls[1][0]
+    assert [c[1] for c in calls[:2]] == [2, 2]  # each model's first warm-up
+    rounds = calls[2:]
+    assert len(rounds) == 12 and [s for s, _ in rounds] == [dense, dense, compact, compact] * 3
+    assert all(n >= 2 for _, n in rounds[0::2]) and all(n == 4 for _, n in rounds[1::2])
+    adaptive = compare_latency(info.path, info.path, x, warmup=1, runs=None, threads=1)
+    assert adaptive.dense.runs >= 3 * 5 and adaptive.dense.runs == adaptive.compact.runs
+
+
 def test_export_and_latency_passes_in_a_pipeline(tmp_path):
     pipeline = (
         Pipeline.default()

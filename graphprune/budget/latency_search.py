@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 class LatencySearch:
     """How :func:`fit_latency` measures.
 
-    Each candidate is timed ``rounds`` times, alternating with the dense
-    model, ``runs`` runs a round (:func:`graphprune.onnx_latency.compare_latency`).
+    Each candidate is timed in rounds alternating with the dense model
+    (:func:`graphprune.onnx_latency.compare_latency`): by default adaptively,
+    until both medians are stable (``runs=None``); else ``rounds`` rounds of
+    ``runs`` runs.
     ``candidates`` caps the models exported and timed; the search
     stops earlier once within ``tolerance`` (relative) of the target.
     ``exporter`` is tried first for the dense model and then used for every
@@ -32,9 +34,9 @@ class LatencySearch:
     and dense and compact are always exported alike, so the ratio is fair.
     """
 
-    runs: int = 10
+    runs: int | None = None
     rounds: int = 3
-    warmup: int = 2
+    warmup: int = 3
     candidates: int = 5
     tolerance: float = 0.05
     threads: int | None = None
@@ -197,7 +199,9 @@ def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: f
     timings, floor_kept, threads = _time_candidates(state, flops, target, search, build)
     faster = [t for t in timings if t.fraction < 1]  # a model slower than dense is never the best
     best = min(faster, key=lambda t: abs(t.fraction - target)) if faster else min(timings, key=lambda t: t.fraction)
-    how = (f"medians of {search.rounds} rounds of {search.runs} runs interleaved with the dense model, "
+    rounds = "adaptive rounds (until both medians were stable)" if search.runs is None else \
+        f"{search.rounds} rounds of {search.runs} runs"
+    how = (f"medians of {rounds} interleaved with the dense model, "
            f"ONNX Runtime CPU, {threads or 'default'} threads; latency on a shared machine is noisy")
     result = BudgetResult(
         "latency", target, best.fraction, best.flops_fraction, flops.dense, flops.predict(best.class_kept),
