@@ -5,7 +5,8 @@ and the budget search share.
 - :func:`fresh_copy` clones inputs before a run (a model may write them in place);
 - :func:`input_batches` gives the example inputs and seeded random ones like them;
 - :func:`compare` is the largest absolute and relative error between two
-  outputs, and :class:`Verification` what a check of compact against masked found.
+  outputs, and :class:`Verification` what a check of compact against masked found;
+- :class:`NodeValues` runs a graph and keeps every node's value (what ran, where a node fails).
 """
 
 from __future__ import annotations
@@ -14,7 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch.utils._pytree import tree_leaves
+
+
+class NodeValues(fx.Interpreter):
+    """Runs a graph, keeping each node's value in ``values`` (node name -> value)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n.name] = out
+        return out
 
 
 def as_inputs(example_inputs: torch.Tensor | tuple | list) -> tuple:

@@ -20,10 +20,12 @@ import operator
 import types
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.utils._pytree import tree_leaves
 
-from .tracing import ModuleCall, NodeRef
+from .tracing import ModuleCall, NodeRef, size_dim
 
 _CLASSES: dict[str, type] = {}
 
@@ -204,10 +206,22 @@ class _Builder:
             return target
         return _relative(target, self.call.path)
 
+    def _size_from_input(self, n: fx.Node) -> None:
+        """A symbolic size read outside (an exported graph's batch size), read again from the call's input."""
+        sources = {x.name: x for x in self.source.nodes}
+        for ref in tree_leaves((self.call.args, self.call.kwargs)):
+            if isinstance(ref, NodeRef) and ref.name in self.env and ref.name in sources:
+                dim = size_dim(n, sources[ref.name])
+                if dim is not None:
+                    self.env[n.name] = self.new.call_function(torch.ops.aten.sym_size.int, (self.env[ref.name], dim))
+                    return
+
     def _copy(self, node: fx.Node) -> None:
         def arg(n: fx.Node) -> fx.Node:
             if n.name not in self.env and n.op == "get_attr":  # an exported graph reads parameters at the top
                 self.env[n.name] = self.new.get_attr(self._attribute(str(n.target)))
+            if n.name not in self.env:
+                self._size_from_input(n)
             if n.name not in self.env:
                 raise ReplaceError(f"{node.name} uses {n.name}, which is computed outside its forward")
             return self.env[n.name]

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -230,13 +231,25 @@ def same_graph(a: fx.Graph, b: fx.Graph) -> bool:
         return False
 
 
+def size_dim(node: fx.Node, tensor: fx.Node) -> int | None:
+    """Where ``node`` is a symbolic size (torch.export's dynamic batch) that
+    ``tensor`` has too, the dim of ``tensor`` that has it."""
+    size, value = node.meta.get("val"), tensor.meta.get("val")
+    if not isinstance(size, torch.SymInt) or not hasattr(value, "shape"):
+        return None
+    return next((d for d, s in enumerate(value.shape) if isinstance(s, torch.SymInt) and s.node.expr == size.node.expr),
+                None)
+
+
 def calls_from_stacks(graph: fx.Graph) -> list[ModuleCall]:
     """Module calls of a graph that records no calls (torch.export's), read
     from the nodes' ``nn_module_stack``: a call's inputs are the values its
-    nodes read from outside (parameters aside), its output the one value
-    used outside. Only calls that take one value and give one are recorded
-    (with several, which input is which cannot be told); the model's own
-    forward is not (an exported graph's inputs and outputs are flattened)."""
+    nodes read from outside (parameters aside, and a symbolic size its one
+    input has too: torch.export reads the batch size once, outside), its
+    output the one value used outside. Only calls that take one value and
+    give one are recorded (with several, which input is which cannot be
+    told); the model's own forward is not (an exported graph's inputs and
+    outputs are flattened)."""
     members: dict[str, list[fx.Node]] = {}
     paths: dict[str, str] = {}
     for node in graph.nodes:
@@ -250,6 +263,9 @@ def calls_from_stacks(graph: fx.Graph) -> list[ModuleCall]:
         inside = set(nodes)
         inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
                                     if a not in inside and a.op != "get_attr"))
+        tensors = [a for a in inputs if not isinstance(a.meta.get("val"), torch.SymInt)]
+        if len(tensors) == 1 and all(size_dim(a, tensors[0]) is not None for a in inputs if a is not tensors[0]):
+            inputs = tensors
         outputs = [n for n in nodes if any(u not in inside for u in n.users)]
         if paths[key] and len(inputs) == 1 and len(outputs) == 1:
             calls.append(ModuleCall(paths[key], key, (NodeRef(inputs[0].name),), {}, NodeRef(outputs[0].name)))
@@ -266,4 +282,4 @@ def stack_paths(node: fx.Node) -> dict[str, str]:
     return {key: entry[0] for key, entry in node.meta.get("nn_module_stack", {}).items()}
 
 
-__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "READS_TRAINING_KEY", "calls_from_stacks", "changes_in_training", "module_stack", "piece_count", "same_graph", "stack_paths", "trace", "training_reads"]
+__all__ = ["CALLS_KEY", "GraphpruneTracer", "ModuleCall", "NodeRef", "READS_TRAINING_KEY", "calls_from_stacks", "changes_in_training", "module_stack", "piece_count", "same_graph", "size_dim", "stack_paths", "trace", "training_reads"]

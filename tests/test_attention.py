@@ -264,17 +264,43 @@ def test_attention_whose_output_alone_is_pruned_is_made_compact():
     assert result.compact.attn.out_proj.weight.shape == (8, 16) and result.compact.fc.in_features == 8
 
 
-def test_an_unverified_compile_never_returns_a_model_that_fails_to_run():
-    """torch.export holds the width the forward reads from its input's shape as a constant: the compact
-    model of the user's class computes another head dim. verify=False still runs it once, and refuses."""
-    from graphprune.errors import VerificationError
+def test_the_export_frontend_rebuilds_a_forward_that_computes_sizes_the_graph_holds_as_constants():
+    """torch.export holds the width the forward reads from its input's shape (``c // heads``) as a constant.
+    qkv keeps its outputs, so no constant in the graph changes, but its input narrows: the user's forward
+    would compute another head dim. The compact model runs beside the compact graph, and the attention
+    block, where they part, is rebuilt from the graph."""
+    from graphprune.passes.apply import REBUILT_WHY
+    from graphprune.tracing import CALLS_KEY
 
     torch.manual_seed(0)
+    result = graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, mode="group",
+                              ratios={"attn.qkv": 0.0}, frontend="export")
+    assert result.report.exact
+    assert result.compact.attn.qkv.weight.shape == (48, 8)  # the input narrowed, the outputs kept
+    assert REBUILT_WHY in result.state.replaced["attn"]
+    # its call is known although torch.export reads the batch size once, outside it, and passes it in
+    assert any(c.path == "attn" and len(c.args) == 1 for c in result.state.graph.meta[CALLS_KEY])
+    fresh = torch.randn(3, 5, 6)  # another batch size: the rebuilt forward reads it from its input
+    with torch.no_grad():
+        expected, got = result.masked(fresh), result.compact(fresh)
+    assert (expected - got).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_an_unverified_compile_never_returns_a_model_that_fails_to_run():
+    from graphprune.errors import VerificationError
+    from graphprune.pipeline import Pipeline
+
+    class Break:  # a pass that leaves a compact model whose head no longer fits its input
+        name, requires, provides = "break", ("compact",), ()
+
+        def __call__(self, state):
+            state.compact.head.weight = nn.Parameter(torch.zeros(3, 5))
+
+    pipeline = Pipeline.default().insert_after("apply", Break())
     with pytest.raises(VerificationError, match="fails to run on the example inputs"):
-        graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, mode="group",
-                         frontend="export", verify=False)
+        graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, verify=False, pipeline=pipeline)
     result = graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, verify=False)
-    assert result.report.verification is None and result.compact.attn.qkv.out_features < 48  # fx: it runs
+    assert result.report.verification is None and result.compact.attn.qkv.out_features < 48
 
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "matmul"])

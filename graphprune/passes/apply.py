@@ -16,27 +16,35 @@ again would read every weight of the model a second time). Then:
   rewritten graph; ``state.replaced`` says which and why.
 
 The structure pass has pinned whatever the fx frontend could not rebuild, so
-every change found here has a module to replace.
+every change found here has a module to replace. With the export frontend a
+forward may compute sizes the graph holds as constants (see
+:func:`rebuild_diverging`): the modules where the compact model and the
+compact graph part ways are rebuilt from the graph too.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.utils._pytree import tree_map
 
 from ..compact import CompactLayer
 from ..copying import own_tensors, private_copy
 from ..errors import GraphpruneError
 from ..frameworks import fix_frameworks
 from ..masks import RECORD_ATTR
+from ..numerics import NodeValues, compare, fresh_copy
 from ..pipeline import CompileState
 from ..plan import PruningPlan
-from ..replace import module_graph, replace_module
+from ..replace import ReplacedModule, ReplaceError, module_graph, replace_module
 from ..rules import RULES
 from ..slicing import compact_tensors
 from ..tensors import owner_of
-from ..tracing import CALLS_KEY
+from ..tracing import CALLS_KEY, ModuleCall, NodeRef
 from .rewrite import CHANGES_KEY
 
 SIZE_TYPES = (int, tuple, list, torch.Size)
@@ -126,5 +134,82 @@ class ApplyPass:
         fix_modules(compact, {owner_of(target) for target, _ in sliced})
         norms = copy_layer_attributes(compact, graph)
         compact, replaced = replace_changed(compact, graph)
+        if state.frontend == "export":
+            replaced.update(rebuild_diverging(compact.eval(), graph, state.example_inputs, state.config.tolerance))
         fix_frameworks(compact, state.example_inputs)
         return compact.eval(), {**norms, **replaced}
+
+
+REBUILT_WHY = ("its forward, run on the compact model's narrower tensors, computes something the exported graph "
+               "holds as a constant (torch.export keeps sizes read from shapes as constants)")
+
+
+def rebuild_diverging(model: nn.Module, graph: fx.GraphModule, inputs: tuple, tolerance: float) -> dict[str, str]:
+    """Export frontend: torch.export holds what a forward computed from sizes
+    (``c // heads`` of ``b, n, c = x.shape``) as constants, so no rewrite can
+    see where the user's forward, run on narrowed tensors, computes another
+    value than the graph holds. So the compact model runs once beside the
+    compact graph, on the example inputs (eval mode): a module (called once,
+    its call recorded, not a layer with a rule) that fails there or whose
+    output differs from the graph's is rebuilt from the graph, innermost
+    first, until they agree or nothing is left to rebuild (verification then
+    says where they part). In place; returns path -> why, for the rebuilt."""
+    calls = graph.meta.get(CALLS_KEY) or []
+    count = Counter(c.path for c in calls)
+    candidates = {c.path: c for c in calls if c.path and count[c.path] == 1}
+    expected = NodeValues(graph)
+    try:
+        with torch.no_grad():
+            expected.run(*fresh_copy(inputs))
+    except Exception:
+        return {}
+    rebuilt: dict[str, str] = {}
+    while candidates:
+        modules = dict(model.named_modules())
+        watched = {p: c for p, c in candidates.items() if p in modules and RULES.module_rule(modules[p]) is None
+                   and not isinstance(modules[p], ReplacedModule)}
+        diverging = _diverging(model, modules, watched, expected.values, inputs, tolerance)
+        if not diverging:
+            break
+        for path in diverging:
+            call, module = candidates.pop(path), modules[path]
+            try:
+                new = replace_module(module, module_graph(graph.graph, call, calls, module), REBUILT_WHY)
+            except ReplaceError:
+                continue
+            parent, _, attr = path.rpartition(".")
+            model.get_submodule(parent)._modules[attr] = new
+            rebuilt[path] = f"{type(module).__name__}.forward: {REBUILT_WHY}"
+    return rebuilt
+
+
+def _diverging(model: nn.Module, modules: dict[str, nn.Module], calls: dict[str, ModuleCall],
+               values: dict[str, Any], inputs: tuple, tolerance: float) -> list[str]:
+    """The innermost of ``calls``' modules that fail in one run of ``model`` or give another output than the graph."""
+    running: list[str] = []
+    outputs: dict[str, Any] = {}
+
+    def enter(path: str) -> None:
+        running.append(path)
+
+    def leave(path: str, out: Any) -> None:
+        running.pop()
+        outputs[path] = out
+
+    handles = [h for p in calls for h in (
+        modules[p].register_forward_pre_hook(lambda m, a, p=p: enter(p)),
+        modules[p].register_forward_hook(lambda m, a, out, p=p: leave(p, out)))]
+    try:
+        with torch.no_grad():
+            model(*fresh_copy(inputs))
+    except Exception:
+        return running[-1:]  # the innermost watched module that was running when it failed
+    finally:
+        for handle in handles:
+            handle.remove()
+    wrong = []
+    for path, out in outputs.items():
+        want = tree_map(lambda r: values.get(r.name) if isinstance(r, NodeRef) else r, calls[path].output)
+        if compare(want, out)[1] > tolerance:
+            wrong.append(path)
+    return [p for p in wrong if not any(q.startswith(p + ".") for q in wrong)]

@@ -24,22 +24,11 @@ import torch.nn as nn
 
 from ..contract import pick
 from ..errors import PipelineError, VerificationError, first_line
-from ..numerics import Verification, compare, fresh_copy, input_batches, largest_magnitude
+from ..numerics import NodeValues, Verification, compare, fresh_copy, input_batches, largest_magnitude
 from ..pipeline import CompileState
 from ..rewriting import RewriteContext
 from ..slicing import masked_graph
 from ..train_check import compare_in_training, train_batch
-
-
-class _Capture(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        self.values[n.name] = out
-        return out
 
 
 def _layer_outputs(model: nn.Module, paths: set[str], inputs: tuple) -> dict[str, Any]:
@@ -83,7 +72,7 @@ def first_divergence(state: CompileState, inputs: tuple) -> str | None:
 
 def _graph_divergence(state: CompileState, inputs: tuple) -> str | None:
     reference = masked_graph(state.graph, state.plan, state.config.mask_bn)
-    masked, compact = _Capture(reference), _Capture(state.compact_graph)
+    masked, compact = NodeValues(reference), NodeValues(state.compact_graph)
     with torch.no_grad():
         try:
             masked.run(*fresh_copy(inputs))
