@@ -8,7 +8,10 @@ For each model (random weights, seed 0, 1x3x224x224; ultralytics yolov8n at
 - ``ratio 0.5``: ``graphprune prune MODEL -o pruned.onnx`` (per_layer, L1,
   ratio 0.5, verified);
 - ``target_flops 0.5``: ``graphprune prune MODEL --target-flops 0.5 -o pruned.onnx``
-  (implies global mode).
+  (implies global mode);
+- with ``--trade-flops``, a third row: the same with ``--trade-flops`` (an
+  option: channels ranked by score over the time a FLOP of theirs costs),
+  summarised apart from the defaults.
 
 The options come from the CLI's own parser (``build_parser`` and
 ``prune_options`` of ``graphprune.cli.arguments``), so ``round_to`` is
@@ -68,6 +71,9 @@ MODELS = [
 QUICK_MODELS = ["resnet18", "mobilenet_v2", "regnet_y_400mf"]
 YOLO = {"yolov8n": "yolov8n.yaml"}
 SETTINGS = {"ratio 0.5": [], "target_flops 0.5": ["--target-flops", "0.5"]}
+#: with --trade-flops, one more row per model (an option, not a default: summarised apart)
+TRADE_SETTING = {"target_flops 0.5 --trade-flops": ["--target-flops", "0.5", "--trade-flops"]}
+TRADE_TOOL = "graphprune --trade-flops"
 RESULT_TAG = "DEFAULT_LATENCY_RESULT "
 
 
@@ -144,8 +150,9 @@ def graphprune_row(name: str, setting: str, model, inputs, flops_dense: int, fol
     import graphprune
     from graphprune.cli.commands import deployed
 
-    row: dict[str, Any] = {"model": name, "setting": setting, "tool": "graphprune"}
-    options = cli_options(name, SETTINGS[setting])
+    row: dict[str, Any] = {"model": name, "setting": setting,
+                           "tool": TRADE_TOOL if setting in TRADE_SETTING else "graphprune"}
+    options = cli_options(name, {**SETTINGS, **TRADE_SETTING}[setting])
     row["options"] = {k: v for k, v in options.items() if v not in (None, ())}
     start = time.perf_counter()
     result = graphprune.prune(model, inputs, **options)
@@ -250,11 +257,11 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     gp_target = None
     with tempfile.TemporaryDirectory(prefix="default_latency_") as tmp:
         folder = Path(tmp)
-        for setting in SETTINGS:
+        for setting in [*SETTINGS, *(TRADE_SETTING if args.trade_flops else ())]:
             try:
                 row, result = graphprune_row(name, setting, model, inputs, flops_dense, folder, dense, args)
                 out["rows"].append(row)
-                if setting.startswith("target_flops"):
+                if setting == "target_flops 0.5":
                     gp_target = row["flops_ratio"]
                 del result
             except Exception as exc:
@@ -276,7 +283,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def spawn(name: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--threads", str(args.threads),
                "--runs", str(args.runs), "--rounds", str(args.rounds), "--yolo-size", str(args.yolo_size),
-               "--tp-search", str(args.tp_search)] + (["--no-tp"] if args.no_tp else [])
+               "--tp-search", str(args.tp_search)] + (["--no-tp"] if args.no_tp else []) + \
+        (["--trade-flops"] if args.trade_flops else [])
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -345,7 +353,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [row for res in results for row in res["rows"] if row.get("speedup") is not None]
     out: dict[str, Any] = {}
-    for tool in ("graphprune", "torch_pruning"):
+    for tool in ("graphprune", "torch_pruning", TRADE_TOOL):
         mine = [r for r in rows if r["tool"] == tool]
         fractions = [fraction_of_ideal(r) for r in mine]
         out[tool] = {
@@ -370,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yolo-size", type=int, default=640, help="yolov8n input size (default 640)")
     parser.add_argument("--tp-search", type=int, default=6, help="Torch-Pruning prunes to match the FLOPs")
     parser.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning rows")
+    parser.add_argument("--trade-flops", action="store_true",
+                        help="one more row per model: target_flops 0.5 with --trade-flops (summarised apart)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per model before it counts as failed")
     parser.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -408,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{fmt(gp['median_fraction_of_ideal'], '.2f')} (min {fmt(gp['min_fraction_of_ideal'], '.2f')}); "
           f"Torch-Pruning rows below 1.0x: {len(tp['below_1x'])} of {tp['rows']}, median fraction of ideal "
           f"{fmt(tp['median_fraction_of_ideal'], '.2f')}")
+    trade = s[TRADE_TOOL]
+    if trade["rows"]:
+        print(f"with --trade-flops (target_flops 0.5): rows below 1.0x: {len(trade['below_1x'])} of "
+              f"{trade['rows']}; median fraction of ideal {fmt(trade['median_fraction_of_ideal'], '.2f')} (min "
+              f"{fmt(trade['min_fraction_of_ideal'], '.2f')})")
     printed: set[str] = set()
     for res in results:
         for row in res["rows"]:

@@ -50,12 +50,13 @@ class PruneConfig:
     - ``target_flops`` / ``target_latency``: with ``mode="global"``, prune to
       this fraction of the dense model's FLOPs or measured latency instead
       of a fixed ratio.
-    - ``trade_flops``: with ``target_latency``, rank channels by score per
-      millisecond their FLOPs cost on the runtime (a roofline measured on
-      ONNX Runtime, :mod:`graphprune.budget.latency_model`), so that the
-      FLOPs kept move to the layers where they cost least time (memory-bound
-      ones, a depthwise conv at high resolution, lose channels first); by
-      default channels are ranked by score alone, as for ``target_flops``.
+    - ``trade_flops``: with ``target_flops`` or ``target_latency``, rank
+      channels by score over the time a FLOP of theirs costs on the runtime
+      (a roofline measured on ONNX Runtime, :mod:`graphprune.budget.trade`),
+      so that FLOPs move to the layers where they cost least time
+      (memory-bound ones, a depthwise conv at high resolution, lose channels
+      first): the same FLOPs run faster, the same latency keeps more FLOPs.
+      By default channels are ranked by score alone.
     - ``verify``: ``True`` checks compact == masked and raises on mismatch,
       ``"report"`` records the result only, ``False`` skips it.
     - ``outputs`` / ``train_outputs``: the output contract in eval / training
@@ -112,8 +113,9 @@ class PruneConfig:
             raise ConfigError("give target_flops or target_latency, not both")
         if not isinstance(self.trade_flops, bool):
             raise ConfigError(f"trade_flops must be True or False; got {self.trade_flops!r}")
-        if self.trade_flops and self.target_latency is None:
-            raise ConfigError("trade_flops trades FLOPs between layers for latency: give target_latency too")
+        if self.trade_flops and self.target_latency is None and self.target_flops is None:
+            raise ConfigError("trade_flops trades FLOPs between layers for latency within a budget: give "
+                              "target_flops or target_latency too")
         if self.verify not in VERIFY:
             raise ConfigError(f"verify must be True, False or 'report'; got {self.verify!r}")
         if not self.tolerance > 0:

@@ -81,8 +81,18 @@ def test_without_trade_flops_a_latency_target_ranks_by_score_alone():
     assert not any(n.startswith("trade_flops") for n in result.report.notes)
 
 
-def test_trade_flops_needs_a_latency_target(capsys):
-    with pytest.raises(ConfigError, match="trade_flops trades FLOPs between layers for latency: give target_latency"):
-        graphprune.prune(SmallNet().eval(), X, mode="global", target_flops=0.5, trade_flops=True)
+def test_a_flops_target_with_trade_flops_keeps_the_flops_and_costs_less_time(fixed_roofline):
+    result = graphprune.prune(SmallNet().eval(), X, mode="global", target_flops=0.5, trade_flops=True)
+    b = result.state.budget
+    assert b.achieved == pytest.approx(0.5, rel=0.03) and result.report.exact
+    # cut at the same FLOPs, the plain order's model would take longer on this roofline
+    assert b.trade["predicted_time_fraction"] < b.trade["predicted_time_fraction_plain"]
+    assert b.trade["flops_fraction_plain"] == pytest.approx(b.achieved, rel=0.05)
+    assert any(n.startswith("trade_flops:") and "cut at the same FLOPs" in n for n in result.report.notes)
+
+
+def test_trade_flops_needs_a_budget(capsys):
+    with pytest.raises(ConfigError, match="trade_flops trades FLOPs between layers for latency within a budget"):
+        graphprune.prune(SmallNet().eval(), X, mode="global", ratio=0.5, trade_flops=True)
     code = main(["prune", "resnet18", "--input-shape", "1,3,32,32", "--no-latency", "--trade-flops"])
-    assert code == 1 and "give target_latency too" in capsys.readouterr().err
+    assert code == 1 and "give target_flops or target_latency too" in capsys.readouterr().err

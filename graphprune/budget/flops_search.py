@@ -161,7 +161,12 @@ def fit_flops(state: CompileState, ranking: Ranking, finish: Finish, target: flo
     (within :data:`FLOPS_TOLERANCE` where the channel steps allow), confirmed
     by a real count of the model ``build`` makes; where the model and the
     count disagree, the goal is shifted by the difference and searched again."""
+    from .trade import Trade, trade_notes  # (trade builds on this module)
+
     search = FlopsSearch(state, ranking, finish)
+    trade = Trade.of(state, search, target, None) if state.config.trade_flops else None
+    if trade is not None:
+        search = trade.search
     goal = target * search.dense
     tried: list[tuple[torch.Tensor, int]] = []
     offset = 0.0  # what the model misses: real - predicted, at the last confirmed mask
@@ -194,4 +199,5 @@ def fit_flops(state: CompileState, ranking: Ranking, finish: Finish, target: flo
             f"target_flops {target:g} missed: the closest cut found keeps {achieved:.4f} of the dense FLOPs "
             f"(channels come off in steps too coarse to get within 2 %; {why_limited(state)})"
         )
+    trade_notes(state, trade, result, "flops")
     return result

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from ..flops import FlopsModel
-from .flops_search import Finish, FlopsSearch, Ranking, Reordered, ranked_dropped
-from .latency_model import Roofline, importance_kept, latency_model, latency_order
+from .flops_search import Finish, FlopsSearch, Ranking, ranked_dropped
 from .result import BudgetResult, Build, why_limited
+from .trade import Trade, trade_notes
 
 if TYPE_CHECKING:
     from ..pipeline import CompileState
@@ -142,50 +141,6 @@ def _time_candidates(state: CompileState, flops: FlopsSearch, target: float, sea
     return timings, floor_kept, threads
 
 
-@dataclass
-class _Trade:
-    """trade_flops' order (score over the time a FLOP of the channel costs) beside the plain one (score alone)."""
-
-    plain: FlopsSearch
-    model: FlopsModel  # the roofline model: terms in milliseconds
-    roofline: Roofline
-    ranking: Reordered
-
-    @classmethod
-    def of(cls, state: CompileState, plain: FlopsSearch, target: float, threads: int | None) -> _Trade | None:
-        found = latency_model(state, threads)
-        if found is None:
-            return None
-        model, roofline = found
-        at = plain.kept_at(target * plain.dense)  # costs where the search will look first
-        order = latency_order(plain.ranking.order, plain.ranking.scores, model, plain.model, at)
-        return cls(plain, model, roofline, Reordered(plain.ranking.protected, order, plain.ranking.scores))
-
-    def summary(self, state: CompileState, kept: torch.Tensor) -> tuple[str, dict]:
-        """What the order did at ``kept``, against the plain order at the same predicted latency."""
-        alike = FlopsSearch(state, self.plain.ranking, self.plain.finish, model=self.model)
-        plain = alike.kept_at(self.model.predict(kept))
-        scores, order = self.ranking.scores, self.ranking.order
-        mine, theirs = importance_kept(scores, order, kept), importance_kept(scores, order, plain)
-        flops = self.plain.predict(kept) / (self.plain.dense or 1)
-        plain_flops = self.plain.predict(plain) / (self.plain.dense or 1)
-        shift = sorted((int(kept[g.classes].sum()) - int(plain[g.classes].sum()), g.name) for g in state.groups)
-        more = [f"{name} ({-d})" for d, name in shift[:3] if d < 0]
-        less = [f"{name} (+{d})" for d, name in reversed(shift[-3:]) if d > 0]
-        note = (f"trade_flops: channels ranked by score over the time a FLOP of theirs costs (a roofline of the "
-                f"runtime measured here: {self.roofline}; a channel of a memory-bound layer, such as a depthwise "
-                f"conv at high resolution, saves more time per FLOP). At the chosen cut this keeps {mine:.1%} of "
-                f"the ranked channels' score and {flops:.3f} of the FLOPs; ranked by score alone, pruned to the "
-                f"same predicted latency, {theirs:.1%} and {plain_flops:.3f}. Channels pruned more than by score "
-                f"alone: {', '.join(more) or 'none'}; fewer: {', '.join(less) or 'none'} "
-                "(trade_flops=False ranks by score alone)")
-        data = {"ranking": "score per ms per FLOP", "roofline_gflops": self.roofline.flops_per_ms / 1e6,
-                "roofline_gbytes": self.roofline.bytes_per_ms / 1e6, "score_kept": mine,
-                "score_kept_plain": theirs, "flops_fraction_plain": plain_flops,
-                "pruned_more": more, "pruned_less": less}
-        return note, data
-
-
 def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: float, build: Build,
                 search: LatencySearch | None = None) -> BudgetResult:
     """Kept classes whose compact model, on ONNX Runtime, takes ``target`` x
@@ -193,9 +148,9 @@ def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: f
     :class:`FlopsSearch`), at most ``search.candidates`` models measured."""
     search = search or LatencySearch()
     flops = FlopsSearch(state, ranking, finish)
-    trade = _Trade.of(state, flops, target, search.threads) if state.config.trade_flops else None
+    trade = Trade.of(state, flops, target, search.threads) if state.config.trade_flops else None
     if trade is not None:
-        flops = FlopsSearch(state, trade.ranking, finish, model=flops.model)
+        flops = trade.search
     timings, floor_kept, threads = _time_candidates(state, flops, target, search, build)
     faster = [t for t in timings if t.fraction < 1]  # a model slower than dense is never the best
     best = min(faster, key=lambda t: abs(t.fraction - target)) if faster else min(timings, key=lambda t: t.fraction)
@@ -210,12 +165,7 @@ def fit_latency(state: CompileState, ranking: Ranking, finish: Finish, target: f
         candidates=[{"flops_fraction": t.flops_fraction, "dense_ms": t.dense_ms, "compact_ms": t.compact_ms,
                      "latency_fraction": t.fraction} for t in timings],
     )
-    if trade is not None:
-        note, result.trade = trade.summary(state, best.class_kept)
-        result.notes.append(note)
-    elif state.config.trade_flops:
-        result.notes.append("trade_flops: channels ranked by score alone after all (the roofline model has no "
-                            "formula for this graph's matrix products)")
+    trade_notes(state, trade, result, "latency")
     summary = (f"dense {best.dense_ms:.3f} ms -> compact {best.compact_ms:.3f} ms = {best.fraction:.3f} of dense "
                f"at {best.flops_fraction:.3f} of the dense FLOPs; best of {len(timings)} measured candidates, {how}")
     if not faster:

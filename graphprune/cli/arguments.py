@@ -59,8 +59,8 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-latency", type=float, default=None, metavar="F",
                    help="prune to this fraction of the dense ONNX Runtime latency, measured (implies --mode global)")
     p.add_argument("--trade-flops", action="store_true",
-                   help="with --target-latency: rank channels by score per millisecond they cost on this runtime "
-                        "(memory-bound layers lose channels first) instead of by score alone")
+                   help="with --target-flops or --target-latency: rank channels by score over the time a FLOP of "
+                        "theirs costs on this runtime (memory-bound layers lose channels first), not by score alone")
     p.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), help="default l1")
     p.add_argument("--mode", default=None, choices=MODES, help="default per_layer (global with a target)")
     p.add_argument("--coupling", default="union", choices=COUPLINGS, help="default union")

@@ -142,7 +142,7 @@ def budget_document(budget: BudgetResult | None) -> dict | None:
               "ranked_dropped": budget.ranked_dropped, "ranked": budget.ranked}
     if budget.kind == "flops":
         return {"target_flops": budget.target, "flops_fraction": budget.achieved,
-                "flops_confirmed": budget.flops_confirmed, **common}
+                "flops_confirmed": budget.flops_confirmed, "trade_flops": budget.trade, **common}
     return {"target_latency": budget.target, "latency_fraction": budget.achieved,
             "latency_dense_ms": budget.dense_ms, "latency_compact_ms": budget.compact_ms,
             "latency_flops_fraction": budget.flops_fraction, "latency_candidates": budget.candidates,
