@@ -339,7 +339,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     for res in results:
         for row in res["rows"]:
             exact = "-" if row.get("exact") is None else ("yes" if row["exact"] else "NO")
-            setting = row["setting"] if row["tool"] == "graphprune" else (
+            setting = row["setting"] if row["tool"] != "torch_pruning" else (
                 f"Torch-Pruning r={row['pruning_ratio']:.3f}")
             lines.append(
                 f"| {res['model']} | {setting} | {fmt(row.get('dense_ms'), '.2f')} | {fmt(row.get('pruned_ms'), '.2f')} "

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""What ``trade_flops`` does to a latency target: FLOPs kept at the same measured latency.
+"""What ``trade_flops`` does to a budget: speed at the same FLOPs, FLOPs at the same latency.
 
 For each model (random weights, seed 0, 1x3x224x224) this prunes as
-``graphprune prune MODEL --target-latency T -o pruned.onnx`` does (the CLI's
+``graphprune prune MODEL --target-latency T -o pruned.onnx`` (or
+``--target-flops F`` with ``--flops F``) does (the CLI's
 own options: global mode, round_to auto, verified), once ranking channels by
 score alone (the default) and once with ``--trade-flops`` (score over the
 time a FLOP of the channel costs, from a roofline of ONNX Runtime measured
@@ -21,6 +22,7 @@ factor decides more of the order than it would with trained weights:
 the score column is the price, the FLOPs column what is bought.
 
     python benchmarks/trade_flops.py
+    python benchmarks/trade_flops.py --flops 0.5
     python benchmarks/trade_flops.py --models mobilenet_v3_large resnet50 --target 0.5
 """
 
@@ -60,7 +62,8 @@ def row(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
     dense_flops = count_flops(model, inputs)
     out, dense_path = [], None
     for trade in (False, True):
-        cli = ["prune", name, "--target-latency", str(args.target), "-o", "pruned.onnx"]
+        budget = ["--target-flops", str(args.flops)] if args.flops else ["--target-latency", str(args.target)]
+        cli = ["prune", name, *budget, "-o", "pruned.onnx"]
         options = prune_options(build_parser().parse_args(cli + (["--trade-flops"] if trade else [])))
         start = time.perf_counter()
         result = graphprune.prune(model, inputs, **options)
@@ -72,7 +75,8 @@ def row(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
         timed = graphprune.compare_latency(dense_path, path, inputs, threads=args.threads, runs=args.runs,
                                            rounds=args.rounds)
         out.append({"model": name, "trade": trade, "latency": timed.compact.median_ms / timed.dense.median_ms,
-                    "search_latency": result.state.budget.achieved, "dense_ms": timed.dense.median_ms,
+                    "search_latency": result.state.budget.compact_ms / result.state.budget.dense_ms
+                    if result.state.budget.dense_ms else None, "dense_ms": timed.dense.median_ms,
                     "flops": count_flops(result.compact, inputs) / dense_flops, "score": score_kept(result),
                     "seconds": seconds, "exact": result.report.exact,
                     "candidates": len(result.state.budget.candidates)})
@@ -83,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--target", type=float, default=0.6, help="target_latency (default 0.6)")
+    parser.add_argument("--flops", type=float, default=None, help="a target_flops instead of the latency target")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
@@ -94,18 +99,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="graphprune-trade-") as tmp:
         for name in args.models:
             rows += row(name, args, Path(tmp))
-    print(f"target_latency {args.target}, ONNX Runtime CPU, {args.threads} threads, medians of {args.rounds} "
+    what = f"target_flops {args.flops}" if args.flops else f"target_latency {args.target}"
+    print(f"{what}, ONNX Runtime CPU, {args.threads} threads, medians of {args.rounds} "
           f"interleaved rounds of {args.runs} runs")
     print("| model | ranking | latency measured (search's) | FLOPs | score kept | prune() s | exact |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {'--trade-flops' if r['trade'] else 'score (default)'} | {r['latency']:.3f} "
-              f"({r['search_latency']:.3f}) | {r['flops']:.3f} | {r['score']:.3f} | {r['seconds']:.1f} "
+        search = f" ({r['search_latency']:.3f})" if r["search_latency"] is not None else ""
+        print(f"| {r['model']} | {'--trade-flops' if r['trade'] else 'score (default)'} | {r['latency']:.3f}{search} "
+              f"| {r['flops']:.3f} | {r['score']:.3f} | {r['seconds']:.1f} "
               f"| {'yes' if r['exact'] else 'NO'} |")
     gain = [t["flops"] / p["flops"] for p, t in zip(rows[::2], rows[1::2])]
     lat = [t["latency"] / p["latency"] for p, t in zip(rows[::2], rows[1::2])]
+    score = [t["score"] / p["score"] for p, t in zip(rows[::2], rows[1::2])]
     print(f"median FLOPs kept, trade / score: {statistics.median(gain):.2f}x; median measured latency, "
-          f"trade / score: {statistics.median(lat):.2f}x")
+          f"trade / score: {statistics.median(lat):.2f}x; median score kept, trade / score: "
+          f"{statistics.median(score):.2f}x")
 
 
 if __name__ == "__main__":
