@@ -31,6 +31,8 @@ class LatencySearch:
     ``exporter`` is tried first for the dense model and then used for every
     candidate: ``legacy`` exports in a fraction of the dynamo exporter's time,
     and dense and compact are always exported alike, so the ratio is fair.
+    Files are written as the CLI writes its output (dynamic batch, the output
+    contract's outputs).
     """
 
     runs: int | None = None
@@ -76,7 +78,10 @@ class _Timer:
         from ..onnx_export import export_onnx
 
         path = self.folder / f"{name}.onnx"
-        export_onnx(model, self.state.example_inputs, path, dynamic_batch=False, exporter=self.exporter,
+        # as the file the user gets is written (dynamic batch, the contract's outputs), so the time is its time
+        contract = self.state.contract
+        export_onnx(model, self.state.example_inputs, path, exporter=self.exporter,
+                    outputs=contract.eval if contract is not None else None,
                     tolerance=max(self.state.config.tolerance, 1e-4))
         return path
 
