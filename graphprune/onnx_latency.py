@@ -154,7 +154,7 @@ def compare_latency(
     ``rounds`` interleaved rounds of ``runs`` runs each (a load change on the
     machine then hits both); each latency is over all its timed runs. Each
     model first runs ``warmup`` times, and every round starts with untimed
-    runs of its model (``warmup``, and at least :data:`SETTLE_MS`): the session
+    runs of its model (:data:`SETTLE_MS` of them, one at least): the session
     run before it leaves its threads spinning for a while (ONNX Runtime's
     default), and on a small machine they slow the first runs of the next
     session (at 10 runs a round, efficientnet_b0's dense medians came out
@@ -176,8 +176,8 @@ def compare_latency(
     _check_counts(5 if runs is None else runs, warmup, rounds)
     sessions = [_session(s, threads, "CPUExecutionProvider") for s in (dense, compact)]
     feeds = [onnx_feed(s, inputs) for s in sessions]
-    typical = [float(np.median(_run(session, feed, max(warmup, 1)))) for session, feed in zip(sessions, feeds)]
-    settle = [max(warmup, math.ceil(SETTLE_MS / max(ms, 1e-3))) for ms in typical]
+    typical = [float(np.min(_run(session, feed, max(warmup, 1)))) for session, feed in zip(sessions, feeds)]
+    settle = [math.ceil(SETTLE_MS / max(ms, 1e-3)) for ms in typical]
     per_round = [runs or min(100, max(5, math.ceil(ROUND_MS / max(ms, 1e-3)))) for ms in typical]
     samples: list[list[np.ndarray]] = [[], []]
     medians: list[tuple[float, float]] = []
@@ -195,7 +195,7 @@ def compare_latency(
     return LatencyComparison(dense_latency, compact_latency, flops)
 
 
-#: untimed milliseconds of runs that start every round of compare_latency (at least its warmup runs)
+#: untimed milliseconds of runs that start every round of compare_latency (one run at least)
 SETTLE_MS = 10.0
 #: timed milliseconds of runs per round of compare_latency's adaptive mode
 ROUND_MS = 50.0

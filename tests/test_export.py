@@ -179,7 +179,7 @@ def test_every_round_of_a_comparison_starts_with_untimed_runs_of_its_model(tmp_p
     assert [c[1] for c in calls[:2]] == [2, 2]  # each model's first warm-up
     rounds = calls[2:]
     assert len(rounds) == 12 and [s for s, _ in rounds] == [dense, dense, compact, compact] * 3
-    assert all(n >= 2 for _, n in rounds[0::2]) and all(n == 4 for _, n in rounds[1::2])
+    assert all(n >= 1 for _, n in rounds[0::2]) and all(n == 4 for _, n in rounds[1::2])
     adaptive = compare_latency(info.path, info.path, x, warmup=1, runs=None, threads=1)
     assert adaptive.dense.runs >= 3 * 5 and adaptive.dense.runs == adaptive.compact.runs
 

@@ -10,10 +10,12 @@ resolution, a 1x1 conv with few channels) costs more time per FLOP than a
 wide conv, so one of its channels saves more time than its FLOPs say.
 
 :func:`latency_model` is a :class:`~graphprune.flops.FlopsModel` whose terms
-are milliseconds: its ``marginal`` cost per coupled channel is what the
-latency target's ranking divides scores by (:func:`latency_order`), so the
-search drops first the channels that cost the most time per unit of score.
-Only the order changes: every candidate is still exported and timed.
+are milliseconds. The time a channel's FLOPs cost (its ``marginal`` time over
+its ``marginal`` FLOPs, relative to the median) is what ``trade_flops``
+divides scores by (:func:`latency_order`, :mod:`graphprune.budget.trade`), so
+at equal score a channel of a memory-bound layer is dropped first. Only the
+order changes: a FLOPs target is still confirmed by a real count, and every
+latency candidate is still exported and timed.
 """
 
 from __future__ import annotations
