@@ -128,3 +128,31 @@ def test_the_training_flag_watch_is_removed_when_tracing_fails():
         graphprune.prune(Broken(), torch.randn(1, 3, 8, 8), frontend="fx")
     assert "training" not in nn.Module.__dict__
     assert Broken().training and not Broken().eval().training
+
+
+def test_the_structure_pass_dry_run_leaves_the_graph_as_it_was():
+    # the structure pass asks the rewrite what it would change, on the traced graph itself (no copy)
+    from graphprune.passes.rewrite import changes_for
+    from graphprune.passes.structure import probes
+
+    class Literal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(4, 4, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            p, q = torch.split(self.a(x), [4, 4], 1)
+            return self.head(torch.cat([self.b(p), q], 1).mean((2, 3)).view(-1, 8))
+
+    state = graphprune.prune(Literal().eval(), torch.randn(1, 3, 8, 8), ratio=0.5, verify=False).state
+    gm = state.graph
+
+    def snapshot():
+        return [(n.name, n.op, str(n.target), str(n.args), str(n.kwargs), sorted(u.name for u in n.users))
+                for n in gm.graph.nodes]
+
+    before, code = snapshot(), gm.graph.python_code("self").src
+    changed = changes_for(gm, probes(state)[1])
+    assert any("split" in what for what in changed.values()) and any("view" in what for what in changed.values())
+    assert snapshot() == before and gm.graph.python_code("self").src == code
+    gm.graph.lint()

@@ -61,8 +61,8 @@ def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
                   modules_too: bool = True) -> dict[str, str]:
     """Let each node's rule fix its channel counts for ``plan``; returns the
     nodes of ``gm`` whose call changed (not a module's attributes), with
-    what changed. ``modules_too=False``: only call_function/call_method nodes
-    (a dry run that must not touch modules)."""
+    what changed. ``modules_too=False``: only call_function/call_method nodes,
+    and no node erased (see :func:`changes_for`)."""
     modules = dict(gm.named_modules(remove_duplicate=False))
     rw = RewriteContext(gm, plan, graph)
     unknown = plan.channels.graphs[graph].unknown
@@ -77,9 +77,23 @@ def rewrite_nodes(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval",
         rule.rewrite(node, rw)
         if node.op != "call_module" and _canonical((node.target, node.args, node.kwargs)) != _canonical(before):
             changed[node.name] = f"{call_text(*before)} becomes {call_text(node.target, node.args, node.kwargs)}"
-    if changed:
+    if changed and modules_too:
         drop_unused_size_arithmetic(gm.graph)
     return changed
+
+
+def changes_for(gm: fx.GraphModule, plan: PruningPlan, graph: str = "eval") -> dict[str, str]:
+    """What :func:`rewrite_nodes` would change in ``gm``'s calls for ``plan``
+    (no module touched), ``gm`` left as it was: the rules change a call's op,
+    target, args and kwargs only, so those are put back (no copy of the graph)."""
+    saved = [(n, n.op, n.target, n.args, n.kwargs) for n in gm.graph.nodes
+             if n.op in ("call_function", "call_method")]
+    try:
+        return rewrite_nodes(gm, plan, graph, modules_too=False)
+    finally:
+        for node, op, target, args, kwargs in saved:
+            node.op, node.target = op, target
+            node.args, node.kwargs = args, kwargs
 
 
 def drop_unused_size_arithmetic(graph: fx.Graph) -> None:

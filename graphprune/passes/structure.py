@@ -11,8 +11,8 @@ forward that stands on its own. Where that fails, the channels that would
 change the constant are pinned, before any are chosen, with the reason in
 the plan.
 
-Which constants may change is found by dry runs of the rewrite on a copy of
-each graph: one that drops every prunable channel, one that drops a seeded
+Which constants may change is found by dry runs of the rewrite on each graph
+(put back as it was afterwards): one that drops every prunable channel, one that drops a seeded
 half of them (so that ``chunk(2)`` of two halves that both lose everything
 still shows up as a change).
 """
@@ -23,7 +23,6 @@ import torch
 import torch.fx as fx
 
 from .. import ids
-from ..copying import light_copy
 from ..pipeline import CompileState
 from ..plan import PruningPlan
 from ..replace import ReplaceError, module_graph
@@ -32,7 +31,7 @@ from ..rules import RULES
 from ..rules.base import tensor_args
 from ..tensors import owner_of
 from ..tracing import CALLS_KEY
-from .rewrite import rewrite_nodes
+from .rewrite import changes_for
 
 
 def probes(state: CompileState) -> list[PruningPlan]:
@@ -65,7 +64,7 @@ class StructurePass:
         for mode, gm in graphs.items():
             changed: dict[str, str] = {}
             for probe in probes(state):
-                changed = {**rewrite_nodes(light_copy(gm), probe, mode, modules_too=False), **changed}
+                changed = {**changes_for(gm, probe, mode), **changed}
             nodes = {n.name: n for n in gm.graph.nodes}
             codes = state.channels.graphs[mode].codes
             for name, what in changed.items():
