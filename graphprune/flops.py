@@ -192,10 +192,15 @@ class FlopsModel:
     slot_classes: torch.Tensor  # class of every index of every slot, concatenated
     slot_index: torch.Tensor  # which slot each entry of slot_classes belongs to
     slot_sizes: torch.Tensor  # float64 (S,)
+    #: built from the recorded shapes with the counter's own formulas: its predictions are the count
+    #: (``tests/test_zoo.py`` checks them against the counter); False: node FLOPs counted by one run, and
+    #: what no weight scales (a matmul of activations) held constant
+    from_shapes: bool = True
 
     @classmethod
     def build(cls, gm: fx.GraphModule, channels: ChannelGraph, example_inputs: tuple) -> FlopsModel:
         per_node = shape_flops(gm)
+        from_shapes = per_node is not None
         if per_node is None:  # run it under the counter, noting each node's share
             counter = flop_counter()
             runner = _NodeFlops(gm, counter)
@@ -204,7 +209,9 @@ class FlopsModel:
             per_node = runner.flops
         terms, fixed = cls._terms(gm, channels, per_node)
         dense = int(sum(sum(f for f, _ in c) if isinstance(c, list) else c for c in per_node.values()))
-        return cls.of_terms(channels, terms, fixed, dense)
+        model = cls.of_terms(channels, terms, fixed, dense)
+        model.from_shapes = from_shapes
+        return model
 
     @classmethod
     def of_terms(cls, channels: ChannelGraph, terms: list[tuple[float, list[int]]], fixed: float,

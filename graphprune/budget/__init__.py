@@ -8,9 +8,12 @@ score first; pruning to a budget is choosing *how many* of them to drop.
   it. :class:`FlopsSearch` bisects the number of ranked channels to drop on the
   prediction and, where ``round_to`` makes one step of the cut too coarse,
   drops single rounding blocks from the cut just above the goal.
-  :func:`fit_flops` confirms the choice with the real count (of the compact
-  model that ``build`` makes, counted as the measure pass counts it) and, if
-  the two disagree, shifts the goal by what the model missed and searches again.
+  Built from the recorded shapes, the prediction is the count (the counter's
+  formulas; ``tests/test_zoo.py`` checks them against the counter). Where the
+  graph has matrix products without a formula, the model comes from one run
+  under the counter, and :func:`fit_flops` confirms the choice with a real
+  count of the compact model that ``build`` makes, shifting the goal by what
+  the model missed and searching again where the two disagree.
 - **Latency** (``target_latency``): :func:`fit_latency` searches a FLOPs
   fraction whose compact model, exported to ONNX and timed on ONNX Runtime,
   takes the target fraction of the dense model's time. Each candidate is

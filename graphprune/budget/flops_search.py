@@ -158,9 +158,12 @@ def ranked_dropped(search: FlopsSearch, kept: torch.Tensor) -> int:
 
 def fit_flops(state: CompileState, ranking: Ranking, finish: Finish, target: float, build: Build) -> BudgetResult:
     """Kept classes whose compact model has ``target`` x the dense FLOPs
-    (within :data:`FLOPS_TOLERANCE` where the channel steps allow), confirmed
-    by a real count of the model ``build`` makes; where the model and the
-    count disagree, the goal is shifted by the difference and searched again."""
+    (within :data:`FLOPS_TOLERANCE` where the channel steps allow). Where the
+    FLOPs model was built by running the graph (matrix products it has no
+    formula for), the choice is confirmed by a real count of the model
+    ``build`` makes; where the two disagree, the goal is shifted by the
+    difference and searched again. Built from shapes, the model's count is
+    the counter's own arithmetic, and what the measure pass reports."""
     from .trade import Trade, trade_notes  # (trade builds on this module)
 
     search = FlopsSearch(state, ranking, finish)
@@ -174,7 +177,10 @@ def fit_flops(state: CompileState, ranking: Ranking, finish: Finish, target: flo
         kept = search.kept_at(goal - offset)
         if any(torch.equal(kept, k) for k, _ in tried):
             break
-        tried.append((kept, count_flops(build(kept), state.example_inputs)))
+        # from shapes, the model's prediction is the count (the measure pass's); else count a built model
+        real = round(search.predict(kept)) if search.model.from_shapes else \
+            count_flops(build(kept), state.example_inputs)
+        tried.append((kept, real))
         real = tried[-1][1]
         if abs(real - goal) <= FLOPS_TOLERANCE * goal:
             break

@@ -14,8 +14,8 @@ are milliseconds. The time a channel's FLOPs cost (its ``marginal`` time over
 its ``marginal`` FLOPs, relative to the median) is what ``trade_flops``
 divides scores by (:func:`latency_order`, :mod:`graphprune.budget.trade`), so
 at equal score a channel of a memory-bound layer is dropped first. Only the
-order changes: a FLOPs target is still confirmed by a real count, and every
-latency candidate is still exported and timed.
+order changes: a FLOPs target is met as before, and every latency candidate
+is still exported and timed.
 """
 
 from __future__ import annotations
