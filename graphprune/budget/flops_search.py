@@ -37,7 +37,7 @@ class Ranking(Protocol):
 
 @dataclass
 class Reordered:
-    """A ranking's protected classes and scores with another order (the latency target's)."""
+    """A ranking's protected classes and scores with another order (trade_flops')."""
 
     protected: torch.Tensor
     order: torch.Tensor
