@@ -79,7 +79,9 @@ def row(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
                     if result.state.budget.dense_ms else None, "dense_ms": timed.dense.median_ms,
                     "flops": count_flops(result.compact, inputs) / dense_flops, "score": score_kept(result),
                     "seconds": seconds, "exact": result.report.exact,
-                    "candidates": len(result.state.budget.candidates)})
+                    "candidates": len(result.state.budget.candidates),
+                    "roofline": (result.state.budget.trade or {}).get("roofline_gflops"),
+                    "roofline_gb": (result.state.budget.trade or {}).get("roofline_gbytes")})
     return out
 
 
@@ -111,6 +113,9 @@ def main() -> None:
               f"| {'yes' if r['exact'] else 'NO'} |")
     gain = [t["flops"] / p["flops"] for p, t in zip(rows[::2], rows[1::2])]
     lat = [t["latency"] / p["latency"] for p, t in zip(rows[::2], rows[1::2])]
+    roof = next((r for r in rows if r["roofline"]), None)
+    if roof is not None:
+        print(f"roofline measured by trade_flops: {roof['roofline']:.0f} GFLOP/s, {roof['roofline_gb']:.0f} GB/s")
     score = [t["score"] / p["score"] for p, t in zip(rows[::2], rows[1::2])]
     print(f"median FLOPs kept, trade / score: {statistics.median(gain):.2f}x; median measured latency, "
           f"trade / score: {statistics.median(lat):.2f}x; median score kept, trade / score: "
