@@ -273,9 +273,13 @@ def test_the_export_frontend_rebuilds_a_forward_that_computes_sizes_the_graph_ho
     from graphprune.tracing import CALLS_KEY
 
     torch.manual_seed(0)
-    result = graphprune.prune(AttentionNet(True).eval(), torch.randn(2, 5, 6), ratio=0.5, mode="group",
+    model = AttentionNet(True).eval()
+    model.attn.drop = nn.Dropout(0.1)  # what an exported (eval-mode) graph has no trace of
+    result = graphprune.prune(model, torch.randn(2, 5, 6), ratio=0.5, mode="group",
                               ratios={"attn.qkv": 0.0}, frontend="export")
     assert result.report.exact
+    assert any(n.startswith("attn was rebuilt from the exported graph") and "without its dropout" in n
+               for n in result.report.notes)
     assert result.compact.attn.qkv.weight.shape == (48, 8)  # the input narrowed, the outputs kept
     assert REBUILT_WHY in result.state.replaced["attn"]
     # its call is known although torch.export reads the batch size once, outside it, and passes it in

@@ -136,8 +136,21 @@ class ApplyPass:
         compact, replaced = replace_changed(compact, graph)
         if state.frontend == "export":
             replaced.update(rebuild_diverging(compact.eval(), graph, state.example_inputs, state.config.tolerance))
+            state.notes.extend(without_dropout(state.model, replaced))
         fix_frameworks(compact, state.example_inputs)
         return compact.eval(), {**norms, **replaced}
+
+
+def without_dropout(model: nn.Module, rebuilt: dict[str, str]) -> list[str]:
+    """Notes for the blocks rebuilt from an exported graph that hold dropout:
+    torch.export writes the eval-mode graph, which has none."""
+    notes = []
+    for path in rebuilt:
+        module = model.get_submodule(path) if path else model
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()):
+            notes.append(f"{path or 'the model'} was rebuilt from the exported graph, which torch.export writes in "
+                         "eval mode: in training mode it runs without its dropout (the fx frontend keeps it)")
+    return notes
 
 
 REBUILT_WHY = ("its forward, run on the compact model's narrower tensors, computes something the exported graph "
