@@ -157,8 +157,7 @@ def compare_latency(
     runs of its model (:data:`SETTLE_MS` of them, one at least): the session
     run before it leaves its threads spinning for a while (ONNX Runtime's
     default), and on a small machine they slow the first runs of the next
-    session (at 10 runs a round, efficientnet_b0's dense medians came out
-    5.3-6.6 ms against 5.0 ms in long rounds).
+    session (``benchmarks/latency_settle.py`` measures what that did).
     ``runs=None`` times adaptively: rounds of at least :data:`ROUND_MS` of runs
     (5 at least), until both medians move less than 2 % in a round (at least
     3 rounds, at most 20).
