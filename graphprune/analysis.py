@@ -8,6 +8,9 @@ op rule of each node (``graphprune/rules``) to propagate channel-identity codes
 - ``fresh(n)``: new raw channel ids for a channel-creating op;
 - ``unify(a, b)``: raw ids that must be kept or dropped together;
 - ``pin(ids, reason)``: raw ids that must never be dropped;
+- ``gate(ids)``: raw ids of a factor that cannot zero its product (an SE
+  gate, ``x * sigmoid(fc(...))``): its layer's own choice does not decide
+  whether the product's channel is dropped (see ``ChannelGraph.gated``);
 - ``add_slot(target, dim, ids, writes)``: a parameter or buffer dimension whose
   indices are those channels (sliced by the rewrite; zeroed by the mask when
   ``writes``);
@@ -104,6 +107,9 @@ class ChannelGraph:
     auxiliary: dict[str, torch.Tensor] = field(default_factory=dict)
     #: where channels were split into whole heads: module path -> one raw id per head
     heads: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per raw id: it reaches a product only as a factor that is never zero (an SE gate after its sigmoid),
+    #: so the product is zero exactly where another factor is, whatever the gate's own layer keeps
+    gated: torch.Tensor | None = None
 
     @property
     def codes(self) -> dict[str, object]:
@@ -158,6 +164,7 @@ class AnalysisContext:
         self._edges_a: list[torch.Tensor] = []
         self._edges_b: list[torch.Tensor] = []
         self._pins: list[tuple[torch.Tensor, str]] = []
+        self._gates: list[torch.Tensor] = []
         self.slots: dict[tuple[str, int], Slot] = {}
         self.producers: dict[str, Producer] = {}
         self.graphs: dict[str, GraphCodes] = {}
@@ -221,6 +228,13 @@ class AnalysisContext:
     def pin_code(self, code: torch.Tensor, reason: str) -> None:
         self.pin(idmod.raw_ids(code), reason)
 
+    def gate(self, raw: torch.Tensor) -> None:
+        """Raw ids of a factor that is never zero, multiplied into a product that is zero
+        when another factor is dropped: the gate's layer does not decide that channel."""
+        raw = raw.reshape(-1)
+        if raw.numel():
+            self._gates.append(raw)
+
     # -- members ----------------------------------------------------------
     def add_slot(
         self, target: str, dim: int, raw: torch.Tensor, writes: bool, kind: str = "param"
@@ -277,6 +291,9 @@ class AnalysisContext:
 
         producers = list(self.producers.values())
         _attach_norms(producers, list(self.slots.values()), n)
+        gated = torch.zeros(n, dtype=torch.bool)
+        if self._gates:
+            gated[torch.cat(self._gates)] = True
         return ChannelGraph(
             num_ids=n,
             class_of=class_of,
@@ -289,6 +306,7 @@ class AnalysisContext:
             graphs=self.graphs,
             auxiliary=self.auxiliary,
             heads=self.heads,
+            gated=gated,
         )
 
 

@@ -232,6 +232,48 @@ def test_se_gate_is_coupled_to_the_channels_it_scales():
     assert_exact(result, x)
 
 
+def test_se_gate_does_not_decide_the_channels_it_scales_in_per_layer_mode():
+    """The product is zero where the gated conv drops a channel, whatever fc2
+    keeps: the conv's own top half is kept, not its union with fc2's (which
+    would keep channels that carry only BatchNorm's shift times the gate)."""
+    x = torch.randn(2, 3, 6, 6)
+    model = SqueezeExcite()
+    set_filter_norms(model.conv, A_NORMS)  # the conv keeps 0..3
+    set_filter_norms(model.fc2, B_NORMS)  # fc2 alone would keep 2..5
+    result = graphprune.prune(model, x, ratio=0.5, mode="per_layer")
+    kept = sorted(top(A_NORMS, 4))
+    for slot in ("conv.weight", "fc2.weight"):
+        assert result.plan.kept_indices(slot, 0).tolist() == kept
+    assert result.plan.kept_indices("head.weight", 1).tolist() == kept
+    # fc2 masks its own dropped rows where the conv keeps the channel (0, 1) and every
+    # dropped channel's row, kept or not by fc2's own ranking (4, 5)
+    fc2 = result.masked.fc2.weight.detach().flatten(1).abs().sum(1)
+    assert fc2.nonzero().flatten().tolist() == [2, 3]
+    assert_exact(result, x)
+
+
+class TwoGates(nn.Module):
+    """a * b of two convs, each zero where its own layer drops: the product is zero
+    where either is, and union (kept where either keeps) stays lossless."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+        set_filter_norms(self.conv_a, A_NORMS)
+        set_filter_norms(self.conv_b, B_NORMS)
+
+    def forward(self, x):
+        return self.head(F.relu(self.conv_a(x)) * torch.tanh(self.conv_b(x)))
+
+
+def test_product_of_two_zero_preserving_factors_keeps_the_union():
+    x = torch.randn(2, 3, 6, 6)
+    result = graphprune.prune(TwoGates(), x, ratio=0.5, mode="per_layer")
+    assert result.plan.kept_indices("conv_a.weight", 0).tolist() == sorted(top(A_NORMS, 4) | top(B_NORMS, 4))
+    assert_exact(result, x)
+
+
 # -- depthwise and grouped convs ---------------------------------------------
 
 

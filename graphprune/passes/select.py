@@ -114,6 +114,45 @@ def nothing_pruned(plan: PruningPlan, config: PruneConfig) -> str | None:
             "(groups too small, or min_channels / round_to keep them); raise the ratio")
 
 
+def per_layer_kept(state: CompileState, raw_override: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """per_layer mode (the paper): each producing layer keeps its own top
+    ``1 - ratio`` filters; the classes kept, and each layer's own dropped filters
+    appended to ``raw_override``. Where layers write the same coupled channel,
+    union keeps it if any layer keeps it (a sum is zero only if every addend
+    is: lossless), intersection only if all do (the paper's ablation). A layer
+    whose channels reach that coupled channel only as a gate (an SE block's
+    last layer, after its sigmoid: a factor that is never zero) does not
+    decide it: the product is zero where the gated layer drops its channel,
+    whatever the gate keeps, so keeping it there would only keep the gate."""
+    config, channels = state.config, state.channels
+    pinned = channels.pinned
+    any_keep = torch.zeros_like(pinned)
+    any_drop = torch.zeros_like(pinned)
+    decided = torch.zeros_like(pinned)  # a class some deciding layer voted on
+    gate_keep = torch.zeros_like(pinned)  # votes of gates, for a class no other layer decides
+    gated = channels.gated
+    for p in channels.producers:
+        cls = channels.class_of[p.ids]
+        unique, inverse = torch.unique(cls, return_inverse=True)
+        row = state.scores[p.weight].double()
+        per_class = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, row)
+        per_class /= torch.bincount(inverse, minlength=unique.numel()).double()
+        n_keep = keep_count(unique.numel(), ratio_for(config, p.name), config.min_channels)
+        keep = top_keep(per_class, pinned[unique], n_keep)
+        raw_override.append((p.ids, ~keep[inverse]))
+        if gated is not None:
+            gates = torch.zeros(unique.numel(), dtype=torch.bool).index_fill_(0, inverse[gated[p.ids]], True)
+            gate_keep[unique[keep & gates]] = True
+            unique, keep = unique[~gates], keep[~gates]
+        decided[unique] = True
+        any_keep[unique[keep]] = True
+        any_drop[unique[~keep]] = True
+    any_keep |= gate_keep & ~decided
+    if config.coupling == "union":
+        return any_keep
+    return any_keep & ~any_drop
+
+
 class SelectPass:
     name = "select"
     requires = ("channels", "groups", "scores")
@@ -136,23 +175,7 @@ class SelectPass:
         notes: list[str] = []
 
         if config.mode == "per_layer":
-            any_keep = torch.zeros_like(pinned)
-            any_drop = torch.zeros_like(pinned)
-            for p in channels.producers:
-                cls = channels.class_of[p.ids]
-                unique, inverse = torch.unique(cls, return_inverse=True)
-                row = state.scores[p.weight].double()
-                per_class = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, row)
-                per_class /= torch.bincount(inverse, minlength=unique.numel()).double()
-                n_keep = keep_count(unique.numel(), ratio_for(config, p.name), config.min_channels)
-                keep = top_keep(per_class, pinned[unique], n_keep)
-                any_keep[unique[keep]] = True
-                any_drop[unique[~keep]] = True
-                raw_override.append((p.ids, ~keep[inverse]))
-            if config.coupling == "union":
-                class_kept |= any_keep
-            else:
-                class_kept |= any_keep & ~any_drop
+            class_kept |= per_layer_kept(state, raw_override)
         elif config.mode == "group":
             for g in state.groups:
                 ratio = min(ratio_for(config, name) for name in g.producers)
@@ -167,7 +190,9 @@ class SelectPass:
 
         raw_dropped = ~class_kept[channels.class_of]
         for raw, dropped in raw_override:
-            raw_dropped[raw] = dropped
+            # union: a dropped class is dropped in every layer, its gate's too (any other
+            # coupling keeps each layer's own choice: intersection is the paper's ablation)
+            raw_dropped[raw] = dropped | raw_dropped[raw] if config.coupling == "union" else dropped
         # Channels added back by rounding are kept whole, not masked; channels
         # rounding took away are dropped in every layer.
         added = class_kept & ~before_rounding

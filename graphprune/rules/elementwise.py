@@ -93,7 +93,17 @@ class ElementwiseRule:
 
 class ProductRule(ElementwiseRule):
     def combine(self, zeros: torch.Tensor, operands: list, node: fx.Node, ctx: AnalysisContext) -> torch.Tensor:
-        return zeros.any(0)
+        """Zero where any factor is. A factor that is never zero where the product
+        is (an SE gate after its sigmoid) is a gate: where the other factor is
+        dropped the product is zero whatever the gate's layer keeps."""
+        zero = zeros.any(0)
+        for (_, code, _), factor_zero in zip(operands, zeros):
+            gate = zero & ~factor_zero
+            if bool(gate.any()):
+                raw = ids.raw_ids(code).expand(zero.shape) if code.ndim == zero.ndim else None
+                if raw is not None:
+                    ctx.gate(raw[gate])
+        return zero
 
 
 class QuotientRule(ElementwiseRule):
