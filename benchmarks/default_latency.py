@@ -362,6 +362,13 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             "median_fraction_of_ideal": statistics.median(fractions) if fractions else None,
             "min_fraction_of_ideal": min(fractions) if fractions else None,
             "median_speedup": statistics.median(r["speedup"] for r in mine) if mine else None,
+            # per setting: the trade rows compare with the plain target_flops rows, not with all of them
+            "median_fraction_by_setting": {
+                setting: statistics.median(fraction_of_ideal(r) for r in mine if r["setting"] == setting)
+                for setting in dict.fromkeys(r["setting"] for r in mine)},
+            "median_speedup_by_setting": {
+                setting: statistics.median(r["speedup"] for r in mine if r["setting"] == setting)
+                for setting in dict.fromkeys(r["setting"] for r in mine)},
         }
     return out
 
@@ -418,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{fmt(gp['median_fraction_of_ideal'], '.2f')} (min {fmt(gp['min_fraction_of_ideal'], '.2f')}); "
           f"Torch-Pruning rows below 1.0x: {len(tp['below_1x'])} of {tp['rows']}, median fraction of ideal "
           f"{fmt(tp['median_fraction_of_ideal'], '.2f')}")
+    for setting, median in gp["median_fraction_by_setting"].items():
+        print(f"graphprune {setting}: median fraction of ideal {median:.2f}, median speed-up "
+              f"{gp['median_speedup_by_setting'][setting]:.2f}x")
     trade = s[TRADE_TOOL]
     if trade["rows"]:
         print(f"with --trade-flops (target_flops 0.5): rows below 1.0x: {len(trade['below_1x'])} of "

@@ -78,7 +78,8 @@ class _NodeFlops(fx.Interpreter):
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 #: calls that count FLOPs (matrix products) but that shape_flops has no formula for: count those by running
 MATMUL_NAMES = {"matmul", "mm", "bmm", "addmm", "baddbmm", "addbmm", "einsum", "scaled_dot_product_attention",
-                "linear", "bilinear", "conv_tbc", "tensordot", "inner", "outer", "mv", "dot", "addmv", "chain_matmul"}
+                "linear", "bilinear", "conv_tbc", "tensordot", "inner", "outer", "mv", "dot", "addmv", "chain_matmul",
+                "convolution", "_convolution", "convolution_backward"}
 
 
 def _shape(node: Any) -> list[int] | None:

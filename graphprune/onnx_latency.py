@@ -153,7 +153,8 @@ def compare_latency(
     """Time a dense and a compact ONNX model on the same inputs, in
     ``rounds`` interleaved rounds of ``runs`` runs each (a load change on the
     machine then hits both); each latency is over all its timed runs. Each
-    model first runs ``warmup`` times, and every round starts with untimed
+    model first runs ``warmup`` times (once at least: that run's time sets how
+    many runs settle and fill a round), and every round starts with untimed
     runs of its model (:data:`SETTLE_MS` of them, one at least): the session
     run before it leaves its threads spinning for a while (ONNX Runtime's
     default), and on a small machine they slow the first runs of the next

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,8 +23,9 @@ FLOPS_CONFIRMATIONS = 3
 # -- the search -----------------------------------------------------------------
 
 
-class Ranking(Protocol):
-    """Global mode's ranking, as the select pass builds it: ``protected``
+@dataclass
+class Ranking:
+    """Global mode's ranking (the select pass builds it): ``protected``
     classes are always kept, ``order`` lists the others, first to drop first,
     by ``scores`` (one per class, comparable across groups)."""
 
@@ -32,21 +33,19 @@ class Ranking(Protocol):
     order: torch.Tensor
     scores: torch.Tensor
 
-    def keep(self, n_drop: int) -> torch.Tensor: ...
-
-
-@dataclass
-class Reordered:
-    """A ranking's protected classes and scores with another order (trade_flops')."""
-
-    protected: torch.Tensor
-    order: torch.Tensor
-    scores: torch.Tensor
+    @property
+    def size(self) -> int:
+        return self.order.numel()
 
     def keep(self, n_drop: int) -> torch.Tensor:
+        """Kept classes when the first ``n_drop`` ranked channels are dropped."""
         kept = self.protected.clone()
         kept[self.order[n_drop:]] = True
         return kept
+
+    def reordered(self, order: torch.Tensor) -> Ranking:
+        """The same ranking in another order (trade_flops')."""
+        return Ranking(self.protected, order, self.scores)
 
 
 Finish = Callable[[torch.Tensor], torch.Tensor]  # a choice of kept classes -> rounded, one per tensor
@@ -191,7 +190,7 @@ def fit_flops(state: CompileState, ranking: Ranking, finish: Finish, target: flo
     achieved = real / search.dense if search.dense else 1.0
     dropped = ranked_dropped(search, kept)
     result = BudgetResult("flops", target, achieved, achieved, search.dense, search.predict(kept), dropped,
-                          search.n_max, kept, flops_confirmed=real)
+                          search.n_max, kept, flops_confirmed=None if search.model.from_shapes else real)
     if abs(achieved - target) <= 0.02 * target:
         result.notes.append(f"target_flops {target:g}: the compact model has {achieved:.4f} of the dense FLOPs "
                             f"({dropped} of {search.n_max} ranked channels dropped)")

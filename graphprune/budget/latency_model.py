@@ -99,7 +99,10 @@ def _activation_slots(node: fx.Node, gm: fx.GraphModule, weight: str, slot_at: d
     """The slots (of ``weight``) that scale a layer's input and output channels."""
     module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
     tensor = get_tensor(gm, weight)
-    transposed = bool(getattr(module, "transposed", False)) if isinstance(module, CONV_MODULES) else False
+    if isinstance(module, CONV_MODULES):
+        transposed = bool(module.transposed)
+    else:  # a function (the export frontend's aten.conv_transpose2d)
+        transposed = node.op == "call_function" and "transpose" in getattr(node.target, "__name__", "")
     out_dim, in_dim = (1, 0) if transposed else (0, 1)
     out_slot, in_slot = slot_at.get((weight, out_dim)), slot_at.get((weight, in_dim))
     if tensor.ndim > 2 and tensor.shape[in_dim] == 1 and in_slot is None:

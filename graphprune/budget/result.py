@@ -37,13 +37,15 @@ class BudgetResult:
     ranked_dropped: int
     ranked: int
     class_kept: torch.Tensor = field(repr=False)
+    #: the compact model's FLOPs counted by running it under torch.utils.flop_counter, where the FLOPs model
+    #: could not be built from shapes (None where it was: its arithmetic is the counter's, checked in tests)
     flops_confirmed: int | None = None
     dense_ms: float | None = None
     compact_ms: float | None = None
     candidates: list[dict[str, float]] = field(default_factory=list)
     method: str | None = None
     notes: list[str] = field(default_factory=list)
-    trade: dict | None = None  # a latency target's order against the plain one (see LatencySearch.trade)
+    trade: dict | None = None  # with trade_flops: the traded order against the plain one (see budget/trade.py)
 
     def __str__(self) -> str:
         if self.kind == "flops":

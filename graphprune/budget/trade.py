@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..flops import FlopsModel
-from .flops_search import FlopsSearch, Reordered
+from .flops_search import FlopsSearch
 from .latency_model import Roofline, importance_kept, latency_model, latency_order
 from .result import BudgetResult
 
@@ -46,7 +46,7 @@ class Trade:
         at = plain.kept_at(fraction * plain.dense)
         ranking = plain.ranking
         order = latency_order(ranking.order, ranking.scores, model, plain.model, at)
-        search = FlopsSearch(state, Reordered(ranking.protected, order, ranking.scores), plain.finish,
+        search = FlopsSearch(state, ranking.reordered(order), plain.finish,
                              model=plain.model)
         return cls(plain, search, model, roofline)
 

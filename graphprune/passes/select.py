@@ -245,18 +245,10 @@ class SelectPass:
 
 
 @dataclass
-class GlobalRanking:
+class GlobalRanking(budget.Ranking):
     """Global mode's one ranking across groups: ``protected`` classes are
     always kept (pinned, plus each group's best ``min_channels``); ``order``
     lists the others, lowest score (``scores``: normalised per group) first."""
-
-    protected: torch.Tensor
-    order: torch.Tensor
-    scores: torch.Tensor
-
-    @property
-    def size(self) -> int:
-        return self.order.numel()
 
     @classmethod
     def of(cls, state: CompileState, scores: torch.Tensor) -> GlobalRanking:
@@ -274,12 +266,6 @@ class GlobalRanking:
         candidates = torch.cat([g.classes for g in state.groups]) if state.groups else torch.empty(0, dtype=torch.int64)
         candidates = candidates[~protected[candidates]]
         return cls(protected, candidates[torch.argsort(normalised[candidates], stable=True)], normalised)
-
-    def keep(self, n_drop: int) -> torch.Tensor:
-        """Kept classes when the first ``n_drop`` ranked channels are dropped."""
-        kept = self.protected.clone()
-        kept[self.order[n_drop:]] = True
-        return kept
 
 
 def finish(state: CompileState, scores: torch.Tensor, class_kept: torch.Tensor) -> None:
