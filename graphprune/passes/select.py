@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_leaves
 
-from .. import budget, ids
+from .. import budget
 from ..analysis import ChannelGraph
 from ..config import PruneConfig
 from ..errors import PipelineError
@@ -305,7 +304,7 @@ def keep_one_per_slot(channels: ChannelGraph, scores: torch.Tensor, class_kept: 
     all dropped would leave a conv with no input), and no tensor in the
     graph may lose every channel (an empty piece of a split that a literal
     ``view`` reshapes, or that no layer reads): keep its best channel."""
-    raws, classes, owner = tensor_classes(channels)
+    raws, classes, owner = channels.tensor_classes
     if not raws:
         return
     # which tensors keep nothing, all at once
@@ -314,25 +313,3 @@ def keep_one_per_slot(channels: ChannelGraph, scores: torch.Tensor, class_kept: 
         cls = channels.class_of[raws[i]]
         if not bool(class_kept[cls].any()):  # (a channel kept for an earlier one may serve this one)
             class_kept[cls[torch.argmax(scores[cls])]] = True
-
-
-def tensor_classes(channels: ChannelGraph) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Every parameter's and every graph tensor's raw ids, their classes end
-    to end and which tensor each belongs to: the same for every choice of
-    kept channels, so found once per analysis (a budget search finishes
-    dozens of candidates)."""
-    key = (len(channels.slots), len(channels.codes), channels.class_of)
-    cached = channels.__dict__.get("_tensor_classes")
-    if cached is not None and cached[0][:2] == key[:2] and cached[0][2] is key[2]:
-        return cached[1]
-    raws = [slot.ids for slot in channels.slots]
-    for code in channels.codes.values():
-        raws += [ids.raw_ids(c).reshape(-1) for c in tree_leaves(code) if isinstance(c, torch.Tensor)]
-    raws = [raw for raw in raws if raw.numel()]
-    if raws:
-        flat, owner = ids.end_to_end(raws)
-        found = (raws, channels.class_of[flat], owner)
-    else:
-        found = (raws, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
-    channels.__dict__["_tensor_classes"] = (key, found)
-    return found
