@@ -216,3 +216,40 @@ def test_an_onnx_output_says_what_was_rewritten_for_onnx_runtime(tmp_path, capsy
     assert json.loads((tmp_path / "r.json").read_text())["onnx"]["rewrites"] == [
         "softmax over an inner axis as reductions x1"]
     assert "Softmax" not in {n.op_type for n in onnx.load(str(out)).graph.node}  # the DFL head's, rewritten
+
+
+def test_the_default_input_is_the_models_own():
+    """Without --input-shape, the example input (and so the ONNX file's input) is what the model's
+    framework trains and exports it at: deployment code feeds the file the images it feeds the original."""
+    from graphprune.cli.models import build_model, native_input_shape
+
+    pytest.importorskip("ultralytics")
+    yolo = build_model("yolov8n.yaml")
+    assert native_input_shape("yolov8n.yaml", yolo) == ((1, 3, 640, 640), "ultralytics' imgsz 640")
+    yolo.args = {**yolo.args, "imgsz": [480, 640]}  # a checkpoint trained at a rectangular size
+    assert native_input_shape("best.pt", yolo)[0] == (1, 3, 480, 640)
+    assert native_input_shape("inception_v3", torch.nn.Identity())[0] == (1, 3, 299, 299)
+    assert native_input_shape("resnet18", torch.nn.Identity())[0] == (1, 3, 224, 224)
+    timm = pytest.importorskip("timm")
+    assert native_input_shape("timm:efficientnet_b3", timm.create_model("efficientnet_b3"))[0] == (1, 3, 288, 288)
+    assert native_input_shape("mypkg.nets:build", torch.nn.Identity()) == ((1, 3, 224, 224), "graphprune's default")
+
+
+def test_prune_without_an_input_shape_says_which_it_took_and_bench_reads_a_files_own(tmp_path, capsys):
+    out = tmp_path / "s.onnx"
+    assert main(["prune", "squeezenet1_1", "-o", str(out), "--no-latency", "--report", str(tmp_path / "r.json")]) == 0
+    assert "note: example input 1x3x224x224: the model's own (the evaluation crop of torchvision's weights)" \
+        in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["input_shape"] == [[1, 3, 224, 224]]
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 224, 224] and not dims[0].HasField("dim_value")
+    assert main(["bench", str(out), "--runs", "2", "--json"]) == 0  # batch 1 at the file's own 224x224
+    assert json.loads(capsys.readouterr().out)["runs"] == 2
+    from graphprune.cli.commands import file_input_shape
+
+    assert file_input_shape(str(out)) == (1, 3, 224, 224)
+    onnx_model = onnx.load(str(out))
+    onnx_model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(onnx_model, str(tmp_path / "free.onnx"))
+    code = main(["bench", str(tmp_path / "free.onnx")])
+    assert code != 0 and "does not fix" in capsys.readouterr().err

@@ -49,7 +49,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="state dict to load (read with weights_only=True)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow MODEL to be a pickled ultralytics .pt (unpickling runs code from the file)")
-    p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="example input shape (default: the model's own, batch 1: an ultralytics checkpoint's "
+                        "training imgsz, 640 for an ultralytics config, timm's pretrained input_size, the "
+                        "evaluation crop of a torchvision model's weights; 1,3,224,224 otherwise)")
 
 
 def add_prune_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL|FILE.onnx")
     p.add_argument("--weights", metavar="FILE")
     p.add_argument("--trust-checkpoint", action="store_true")
-    p.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="example input shape (default: the model's own, as for prune; a file's static input shape)")
     add_prune_arguments(p)
     p.add_argument("--runs", type=int, default=None,
                    help="timed runs of each model (default: adaptive, until both medians are stable)")

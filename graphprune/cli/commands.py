@@ -55,7 +55,7 @@ def latency_rows(result: PruneResult, workdir: Path, runs: int | None = None, th
 
 def cmd_prune(args: argparse.Namespace) -> int:
     options = prune_options(args)
-    model, inputs = model_and_inputs(args)
+    model, inputs, input_note = model_and_inputs(args)
     from ..api import prune
 
     outputs = Outputs()
@@ -99,19 +99,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
                      f"{latency['speedup']:.2f}x faster"])
     rows += budget_rows(r)
     rows.append(["max error vs masked", "", f"{r.max_abs_error:.2e}", "exact" if r.exact else "NOT EXACT"])
-    print_table(f"graphprune {args.model}: {setting(options)}, {args.criterion}, {options['mode']}",
+    shape = "x".join(map(str, inputs[0].shape)) if len(inputs) == 1 else f"{len(inputs)} inputs"
+    print_table(f"graphprune {args.model} at {shape}: {setting(options)}, {args.criterion}, {options['mode']}",
                 ["", "dense", "pruned", "change"], rows)
     for path in (args.output, args.masked, args.save, args.report):
         if path:
             print(f"wrote {path}")
-    print_notes(r, onnx, latency, options)
+    print_notes(r, onnx, latency, options, input_note, args.output)
     return 0
 
 
-def print_notes(r: Report, onnx: OnnxExport | None, latency: dict | None, options: dict) -> None:
+def print_notes(r: Report, onnx: OnnxExport | None, latency: dict | None, options: dict,
+                input_note: str | None = None, onnx_path: str | None = None) -> None:
     """What the user should know about the result, on stderr."""
+    if input_note:
+        print(f"note: {input_note}", file=sys.stderr)
     if onnx is not None and onnx.rewrites:
-        print(f"note: {onnx.path.name}: rewritten for ONNX Runtime ({'; '.join(onnx.rewrites)}), checked against "
+        print(f"note: {onnx_path or onnx.path.name}: rewritten for ONNX Runtime ({'; '.join(onnx.rewrites)}), checked against "
               "PyTorch like the rest of the file", file=sys.stderr)
     for note in r.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -188,7 +192,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..config import PruneConfig
     from ..pipeline import CompileState, Pipeline
 
-    model, inputs = model_and_inputs(args)
+    model, inputs, input_note = model_and_inputs(args)
+    if input_note and not args.json:
+        print(f"note: {input_note}", file=sys.stderr)
     state = CompileState(model=model, example_inputs=inputs, config=PruneConfig(ignore=tuple(args.ignore)))
     with progress(not args.json) as step:
         Pipeline.default().until("groups").run(state, step)
@@ -220,13 +226,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def file_input_shape(path: str) -> tuple[int, ...]:
+    """An ONNX file's first input shape, batch 1 where the batch is symbolic."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise UsageError(f"{path} takes {len(inputs)} inputs; give the shape of one with --input-shape")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    shape = tuple(1 if d is None and i == 0 else d for i, d in enumerate(dims))
+    if not shape or any(d is None or d <= 0 for d in shape):
+        raise UsageError(f"{path}'s input {inputs[0].name!r} has sizes the file does not fix "
+                         f"({[d if d else '?' for d in dims]}): give them with --input-shape")
+    return shape
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..onnx_latency import measure_latency
 
-    shape = parse_shape(args.input_shape)
     if args.model.endswith(".onnx"):
         if not os.path.isfile(args.model):
             raise UsageError(f"ONNX file {args.model!r} does not exist")
+        shape = parse_shape(args.input_shape) if args.input_shape else file_input_shape(args.model)
         x = (torch.randn(shape),)
         t = measure_latency(args.model, x, runs=args.runs or 20, threads=args.threads)
         doc = {"file": args.model, "latency_ms": t.median_ms, "threads": t.threads, "runs": t.runs}
@@ -237,7 +260,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         [["median latency (ms)", f"{t.median_ms:.2f}"], ["threads", t.threads], ["runs", t.runs]])
         return 0
     options = prune_options(args)
-    model, inputs = model_and_inputs(args)
+    model, inputs, input_note = model_and_inputs(args)
+    if input_note and not args.json:
+        print(f"note: {input_note}", file=sys.stderr)
     from ..api import prune
 
     with progress(not args.json) as step, tempfile.TemporaryDirectory() as tmp:
@@ -250,8 +275,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     flops_ratio = r.flops_before / r.flops_after
+    shape = "x".join(map(str, inputs[0].shape)) if len(inputs) == 1 else f"{len(inputs)} inputs"
     print_table(
-        f"{args.model} at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
+        f"{args.model} ({shape}) at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
         f"{latency['threads']} threads",
         ["", "dense", "pruned", "ratio"],
         [

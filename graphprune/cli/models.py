@@ -120,9 +120,75 @@ def load_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def model_and_inputs(args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    shape = parse_shape(args.input_shape)
+DEFAULT_SHAPE = (1, 3, 224, 224)
+
+
+def _pair(size: object) -> tuple[int, int] | None:
+    """An image size given as ``640``, ``[640]`` or ``[480, 640]``, as (height, width)."""
+    if isinstance(size, int) and size > 0:
+        return size, size
+    if isinstance(size, (list, tuple)) and 1 <= len(size) <= 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return (size[0], size[-1])
+    return None
+
+
+def ultralytics_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
+    """An ultralytics model's own input: its ``imgsz`` (a checkpoint's training one, 640 for a config)."""
+    args = getattr(model, "args", None)
+    imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    size = _pair(imgsz if imgsz is not None else 640)
+    if size is None:
+        return None
+    yaml = getattr(model, "yaml", None)
+    channels = yaml.get("channels", 3) if isinstance(yaml, dict) else 3
+    return (1, int(channels), *size), f"ultralytics' imgsz {imgsz if imgsz is not None else 640}"
+
+
+def timm_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, (list, tuple)) and len(size) == 3:
+        return (1, *(int(v) for v in size)), "timm's pretrained_cfg input_size"
+    return None
+
+
+def torchvision_shape(name: str) -> tuple[tuple[int, ...], str] | None:
+    """The size a torchvision model's weights are evaluated at (their transforms' crop, else resize)."""
+    import torchvision
+
+    try:
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    except Exception:  # no weights enum: no size of its own
+        return None
+    size = _pair(getattr(transforms, "crop_size", None) or getattr(transforms, "resize_size", None))
+    return ((1, 3, *size), "the evaluation crop of torchvision's weights") if size else None
+
+
+def native_input_shape(spec: str, model: nn.Module) -> tuple[tuple[int, ...], str]:
+    """The input MODEL is made for, batch 1, and where that comes from: what
+    its framework trains and exports it at (an ultralytics model's ``imgsz``,
+    timm's ``input_size``, torchvision's evaluation crop), so the ONNX file
+    takes the images the user's deployment code feeds it; else 1x3x224x224."""
+    if spec.endswith((".yaml", ".yml", ".pt")):
+        found = ultralytics_shape(model)
+    elif spec.startswith("timm:"):
+        found = timm_shape(model)
+    elif ":" in spec:
+        found = None
+    else:
+        found = torchvision_shape(spec)
+    return found or (DEFAULT_SHAPE, "graphprune's default")
+
+
+def model_and_inputs(args: argparse.Namespace) -> tuple[nn.Module, tuple[torch.Tensor, ...], str | None]:
+    """The model, its example inputs, and a note where the input shape was not given."""
     model = build_model(args.model, args.trust_checkpoint)
     if args.weights:
         load_weights(model, args.weights)
-    return model, (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
+    note = None
+    if args.input_shape is None:
+        shape, source = native_input_shape(args.model, model)
+        note = f"example input {'x'.join(map(str, shape))}: the model's own ({source}); --input-shape sets another"
+    else:
+        shape = parse_shape(args.input_shape)
+    return model, (torch.randn(shape, generator=torch.Generator().manual_seed(0)),), note

@@ -90,6 +90,7 @@ def report_document(result: PruneResult, latency: dict | None, onnx: OnnxExport 
     r = result.report
     return {
         "graphprune": __version__,
+        "input_shape": [list(x.shape) for x in result.state.example_inputs if hasattr(x, "shape")],
         "frontend": r.frontend,
         "params": {"before": r.params_before, "after": r.params_after},
         "flops": {"before": r.flops_before, "after": r.flops_after},
