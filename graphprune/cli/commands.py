@@ -99,14 +99,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
                      f"{latency['speedup']:.2f}x faster"])
     rows += budget_rows(r)
     rows.append(["max error vs masked", "", f"{r.max_abs_error:.2e}", "exact" if r.exact else "NOT EXACT"])
-    shape = "x".join(map(str, inputs[0].shape)) if len(inputs) == 1 else f"{len(inputs)} inputs"
-    print_table(f"graphprune {args.model} at {shape}: {setting(options)}, {args.criterion}, {options['mode']}",
+    print_table(f"graphprune {args.model} at {shape_text(inputs)}: {setting(options)}, {args.criterion}, "
+                f"{options['mode']}",
                 ["", "dense", "pruned", "change"], rows)
     for path in (args.output, args.masked, args.save, args.report):
         if path:
             print(f"wrote {path}")
     print_notes(r, onnx, latency, options, input_note, args.output)
     return 0
+
+
+def shape_text(inputs: tuple) -> str:
+    """``1x3x640x640``: the example input, as a table title names it."""
+    return "x".join(map(str, inputs[0].shape)) if len(inputs) == 1 else f"{len(inputs)} inputs"
 
 
 def print_notes(r: Report, onnx: OnnxExport | None, latency: dict | None, options: dict,
@@ -275,9 +280,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     flops_ratio = r.flops_before / r.flops_after
-    shape = "x".join(map(str, inputs[0].shape)) if len(inputs) == 1 else f"{len(inputs)} inputs"
     print_table(
-        f"{args.model} ({shape}) at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
+        f"{args.model} ({shape_text(inputs)}) at {setting(options)} ({args.criterion}, {options['mode']}), ONNX Runtime, "
         f"{latency['threads']} threads",
         ["", "dense", "pruned", "ratio"],
         [

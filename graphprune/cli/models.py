@@ -136,12 +136,13 @@ def ultralytics_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
     """An ultralytics model's own input: its ``imgsz`` (a checkpoint's training one, 640 for a config)."""
     args = getattr(model, "args", None)
     imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
-    size = _pair(imgsz if imgsz is not None else 640)
+    imgsz = 640 if imgsz is None else imgsz  # ultralytics' own default
+    size = _pair(imgsz)
     if size is None:
         return None
     yaml = getattr(model, "yaml", None)
     channels = yaml.get("channels", 3) if isinstance(yaml, dict) else 3
-    return (1, int(channels), *size), f"ultralytics' imgsz {imgsz if imgsz is not None else 640}"
+    return (1, int(channels), *size), f"ultralytics' imgsz {imgsz}"
 
 
 def timm_shape(model: nn.Module) -> tuple[tuple[int, ...], str] | None:
