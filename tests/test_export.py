@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 import graphprune
@@ -243,3 +244,51 @@ def test_softmax_over_an_inner_axis_is_written_as_reductions_and_checked(tmp_pat
         session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: fresh.numpy()})
         assert all(np.abs(g - e).max() <= 1e-5 for g, e in zip(got, expected, strict=True))
+
+
+class SplitBlock(nn.Module):
+    """YOLO's C2f in small: cv1's output (after its activation) cut in two along the channels,
+    the second piece through a conv, everything concatenated."""
+
+    def __init__(self, sizes=None, act=F.silu, also_read=False):
+        super().__init__()
+        self.sizes, self.act, self.also_read = sizes, act, also_read
+        self.cv1, self.m = nn.Conv2d(3, 8, 1), nn.Conv2d((sizes or [4, 4])[1], 4, 3, padding=1)
+        self.cv2 = nn.Conv2d(12, 6, 1)
+
+    def forward(self, x):
+        y = self.act(self.cv1(x))
+        a, b = y.chunk(2, 1) if self.sizes is None else y.split(self.sizes, 1)
+        out = self.cv2(torch.cat([a, b, self.m(b)], 1))
+        return (out, y.mean((2, 3))) if self.also_read else out
+
+
+def _ops(info) -> list[str]:
+    return [n.op_type for n in onnx.load(str(info.path)).graph.node]
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("sizes, act", [(None, F.silu), ([3, 5], F.silu), ([3, 5], F.relu)])
+def test_a_convolution_split_along_its_channels_becomes_one_per_piece(tmp_path, exporter, sizes, act):
+    """ONNX Runtime's blocked convolutions do not take Split or Slice: each piece gets its own conv
+    (a chunk exported with a dynamic batch reads its bounds from the shape: those become constants)."""
+    model, x = SplitBlock(sizes, act).eval(), torch.randn(2, 3, 8, 10)
+    rewritten = export_onnx(model, x, tmp_path / "split.onnx", exporter=exporter)
+    plain = export_onnx(model, x, tmp_path / "plain.onnx", exporter=exporter, rewrite=False)
+    assert "convolutions split along their channels as one per piece x1" in rewritten.rewrites
+    ops, before = _ops(rewritten), _ops(plain)
+    assert ops.count("Conv") == before.count("Conv") + 1
+    assert not {"Split", "Slice", "Shape"} & set(ops) and {"Split", "Slice"} & set(before)
+    fresh = torch.randn(3, 3, 8, 10)  # another batch size: the batch stays dynamic
+    session = ort.InferenceSession(str(rewritten.path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(fresh).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: fresh.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_a_convolution_output_read_whole_elsewhere_is_not_split(tmp_path):
+    model, x = SplitBlock([3, 5], also_read=True).eval(), torch.randn(2, 3, 8, 10)
+    rewritten = export_onnx(model, x, tmp_path / "split.onnx", exporter="legacy")
+    assert not any(r.startswith("convolutions split") for r in rewritten.rewrites)
+    assert "Split" in _ops(rewritten)
