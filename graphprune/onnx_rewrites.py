@@ -175,7 +175,7 @@ SIZES = "sizes the file fixes as constants"
 def fixed_shape(view: GraphView, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """``Shape(x)`` where the file fixes every dim it returns: a constant."""
     shape = view.shapes.get(node.input[0])
-    if shape is None:
+    if shape is None or view.is_output(node.output[0]):
         return None
     start, end = _attr(node, "start", 0), _attr(node, "end", len(shape))
     dims = shape[slice(start, end)]
@@ -195,6 +195,8 @@ def fixed_size(view: GraphView, node: onnx.NodeProto) -> list[onnx.NodeProto] | 
         return fold(view, node)
     if source is None or source.op_type != "Shape" or index is None or _attr(node, "axis", 0) != 0:
         return None
+    if view.is_output(node.output[0]):
+        return None
     shape = view.shapes.get(source.input[0])
     if shape is None:
         return None
@@ -213,7 +215,7 @@ def fold(view: GraphView, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     inputs = [view.constant(name) for name in node.input]
     if not node.input or any(v is None for v in inputs) or any(v.size > FOLD_LIMIT for v in inputs):
         return None
-    if len(node.output) != 1 or any(v.dtype.kind not in "iu" for v in inputs):
+    if len(node.output) != 1 or view.is_output(node.output[0]) or any(v.dtype.kind not in "iu" for v in inputs):
         return None
     from onnx.reference import ReferenceEvaluator
 
@@ -256,12 +258,12 @@ def _activations(view: GraphView, value: str) -> tuple[onnx.NodeProto, list[onnx
         value = node.input[0]
 
 
-def _pieces(view: GraphView, value: str, channels: int) -> list[tuple[str, int, int]] | None:
-    """Every reader of ``value`` cuts channels [a, b) out of it (Split along
+def _pieces(view: GraphView, value: str, channels: int, rank: int) -> list[tuple[str, int, int]] | None:
+    """Every reader of ``value`` (of rank ``rank``) cuts channels [a, b) out of it (Split along
     axis 1, or Slice along axis 1 with step 1): (output, a, b) for each piece."""
     pieces = []
     for reader in view.readers.get(value, []):
-        if reader.op_type == "Split" and _attr(reader, "axis", 0) in (1, -3):
+        if reader.op_type == "Split" and _attr(reader, "axis", 0) % rank == 1:
             sizes = view.constant(reader.input[1]) if len(reader.input) > 1 else _attr(reader, "split")
             if sizes is None:
                 count = _attr(reader, "num_outputs", len(reader.output))
@@ -275,7 +277,7 @@ def _pieces(view: GraphView, value: str, channels: int) -> list[tuple[str, int, 
             steps = view.constant(reader.input[4]) if len(reader.input) > 4 and reader.input[4] else np.ones(1)
             if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or int(steps[0]) != 1:
                 return None
-            if int(axes[0]) not in (1, -3):
+            if int(axes[0]) % rank != 1:
                 return None
             a, b = (int(v[0]) + channels if int(v[0]) < 0 else int(v[0]) for v in (starts, ends))
             pieces.append((reader.output[0], max(0, min(a, channels)), max(0, min(b, channels))))
@@ -323,7 +325,7 @@ def split_convolution(view: GraphView, node: onnx.NodeProto) -> list[onnx.NodePr
     if weight is None or _attr(conv, "group", 1) != 1 or (len(conv.input) > 2 and conv.input[2]
                                                             and view.constant(conv.input[2]) is None):
         return None
-    pieces = _pieces(view, value, weight.shape[0])
+    pieces = _pieces(view, value, weight.shape[0], weight.ndim)  # a conv's output has its weight's rank
     if pieces is None:
         return None
     nodes = [n for out, a, b in pieces for n in _piece_nodes(view, conv, chain, out, a, b)]
@@ -350,6 +352,7 @@ def _without_unread(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list
             kept.append(node)
             wanted.update(node.input)
     kept.reverse()
+    wanted.update(i.name for i in model.graph.input)  # an initializer listed as an input stays
     unread = [t for t in model.graph.initializer if t.name not in wanted]
     for t in unread:
         model.graph.initializer.remove(t)

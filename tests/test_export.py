@@ -292,3 +292,22 @@ def test_a_convolution_output_read_whole_elsewhere_is_not_split(tmp_path):
     rewritten = export_onnx(model, x, tmp_path / "split.onnx", exporter="legacy")
     assert not any(r.startswith("convolutions split") for r in rewritten.rewrites)
     assert "Split" in _ops(rewritten)
+
+
+class SplitBlock1d(nn.Module):
+    """The same on a sequence (Conv1d: the channel axis is 1 of 3, which -2 names too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1, self.m = nn.Conv1d(3, 8, 1), nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        a, b = F.silu(self.cv1(x)).split([4, 4], -2)
+        return torch.cat([a, self.m(b)], 1)
+
+
+def test_a_one_dimensional_convolution_is_split_along_its_channels_too(tmp_path):
+    model, x = SplitBlock1d().eval(), torch.randn(2, 3, 16)
+    rewritten = export_onnx(model, x, tmp_path / "split1d.onnx", exporter="legacy")
+    assert "convolutions split along their channels as one per piece x1" in rewritten.rewrites
+    assert "Split" not in _ops(rewritten)
