@@ -27,7 +27,9 @@ class PruneConfig:
       applied per group) or ``global`` (one ranking across groups).
     - ``coupling``: how per-layer choices of layers writing the same channels
       combine: ``union`` (lossless) or ``intersection`` (the paper's ablation;
-      the compact model then differs from the masked one).
+      the compact model then differs from the masked one). A layer that writes
+      them only as an SE gate (after a sigmoid, into a product) does not take
+      part: the product is zero where the gated layer drops its channel.
     - ``heads``: how attention written with matmuls or
       ``F.scaled_dot_product_attention`` loses channels: ``dims`` (every head
       keeps the same positions of its q, k, v dims) or ``whole`` (a head is one
