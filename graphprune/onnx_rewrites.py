@@ -105,16 +105,15 @@ class GraphView:
     def index(self) -> None:
         """Readers, producers and constant nodes of the graph's nodes as they are now."""
         self.readers, self.producers = {}, {}
-        view = self
         for node in self.model.graph.node:
             for name in node.input:
-                view.readers.setdefault(name, []).append(node)
+                self.readers.setdefault(name, []).append(node)
             for name in node.output:
-                view.producers[name] = node
+                self.producers[name] = node
             if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-                view.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            elif node.op_type == "Identity" and node.input[0] in view.constants:  # a shared constant
-                view.constants[node.output[0]] = view.constants[node.input[0]]
+                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            elif node.op_type == "Identity" and node.input[0] in self.constants:  # a shared constant
+                self.constants[node.output[0]] = self.constants[node.input[0]]
 
     @property
     def opset(self) -> int:

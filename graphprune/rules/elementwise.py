@@ -97,12 +97,10 @@ class ProductRule(ElementwiseRule):
         is (an SE gate after its sigmoid) is a gate: where the other factor is
         dropped the product is zero whatever the gate's layer keeps."""
         zero = zeros.any(0)
-        for (_, code, _), factor_zero in zip(operands, zeros):
+        for (_, code, _), factor_zero in zip(operands, zeros):  # codes have the output's rank (see analyze)
             gate = zero & ~factor_zero
             if bool(gate.any()):
-                raw = ids.raw_ids(code).expand(zero.shape) if code.ndim == zero.ndim else None
-                if raw is not None:
-                    ctx.gate(raw[gate])
+                ctx.gate(ids.raw_ids(code).expand(zero.shape)[gate])
         return zero
 
 
